@@ -1,0 +1,125 @@
+"""Database engines for both backends, chosen by one URL.
+
+``Database`` owns two engines:
+
+* ``reader``: a pool for reads (and for writes on PostgreSQL).
+* ``writer``: for writes.  On PostgreSQL it is the same engine as ``reader``.
+  On SQLite it holds exactly one connection, and every transaction on it starts
+  with ``BEGIN IMMEDIATE``: SQLite allows one writer at a time, and taking the
+  write lock up front (instead of upgrading a read lock mid-transaction) is what
+  keeps concurrent writers from failing with "database is locked".  Writers
+  queue on the pool instead.
+
+SQLite runs in WAL mode (readers never block the writer) with
+``synchronous=FULL`` by default, so a committed transaction survives a power
+loss, not only a process crash: Parley acknowledges a message only after its
+commit, and that promise must hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from parley.errors import ConfigError
+
+__all__ = ["Backend", "Database", "normalize_url"]
+
+Backend = Literal["sqlite", "postgresql"]
+
+
+def normalize_url(url: str) -> URL:
+    """Turn a user-facing URL into the async driver's URL.
+
+    ``sqlite:///path/to.db`` -> aiosqlite; ``postgresql://`` or ``postgres://``
+    -> asyncpg.  Raises ConfigError for anything else.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several types here
+        raise ConfigError(f"not a database URL: {exc}") from None
+    name = parsed.drivername
+    if name in ("sqlite", "sqlite+aiosqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if name in ("postgresql", "postgres", "postgresql+asyncpg"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ConfigError(f"unsupported database {name!r}: use sqlite:/// or postgresql://")
+
+
+class Database:
+    """The engines of one node; built by the composition root, closed by it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        sqlite_synchronous: str = "FULL",
+        pg_schema: str | None = None,
+        echo: bool = False,
+    ) -> None:
+        self.url = normalize_url(url)
+        self.backend: Backend = (
+            "sqlite" if self.url.drivername.startswith("sqlite") else "postgresql"
+        )
+        if self.backend == "sqlite":
+            self.reader = self._sqlite_engine(
+                pool_size=max(2, min(pool_size, 8)), immediate=False,
+                synchronous=sqlite_synchronous, echo=echo,
+            )
+            self.writer = self._sqlite_engine(
+                pool_size=1, immediate=True, synchronous=sqlite_synchronous, echo=echo,
+            )
+        else:
+            connect_args: dict[str, Any] = {}
+            if pg_schema:
+                connect_args["server_settings"] = {"search_path": pg_schema}
+            self.reader = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size,
+                pool_pre_ping=True, echo=echo, connect_args=connect_args,
+            )
+            self.writer = self.reader
+
+    def _sqlite_engine(
+        self, *, pool_size: int, immediate: bool, synchronous: str, echo: bool
+    ) -> AsyncEngine:
+        engine = create_async_engine(
+            self.url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=60,
+            echo=echo,
+            connect_args={"timeout": 30},
+        )
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the driver, decide where transactions start.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a trivial query."""
+        async with self.reader.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Close every pooled connection; call once, at shutdown."""
+        await self.reader.dispose()
+        if self.writer is not self.reader:
+            await self.writer.dispose()
