@@ -17,6 +17,8 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001  # server shutting down / restarting: reconnect with backoff, then sync
     PROTOCOL_ERROR = 1002  # client bug: fix it; reconnecting with the same bug will fail again
     UNSUPPORTED_DATA = 1003  # a binary frame: Parley speaks text frames only
+    NO_STATUS = 1005  # reported when a close frame carried no code; never sent
+    ABNORMAL = 1006  # reported when TCP ended without a close frame; never sent
     INVALID_DATA = 1007  # a text frame was not valid UTF-8
     MESSAGE_TOO_BIG = 1009  # a frame exceeded welcome.limits.max_frame_bytes
     INTERNAL_ERROR = 1011  # unexpected server error: reconnect with backoff, then sync
