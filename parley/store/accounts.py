@@ -68,6 +68,10 @@ class AccountStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def db(self) -> Database:
+        return self._db
+
     # -- tenants ---------------------------------------------------------------
     async def create_tenant(self, slug: str, name: str, now_ms: int) -> Tenant:
         try:

@@ -41,6 +41,7 @@ __all__ = [
     "messages",
     "metadata",
     "read_cursors",
+    "signing_keys",
     "tenants",
     "users",
 ]
@@ -178,4 +179,16 @@ read_cursors = Table(
     # Highest seq this user has read, on any device.
     Column("read_seq", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+)
+
+# Keys that sign access tokens (HS256), shared by every node through the database.
+# The newest unretired key signs; every unretired key verifies, so rotating a key
+# does not log anyone out.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(32), primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("retired_at", BigInteger, nullable=True),
 )

@@ -1,0 +1,588 @@
+"""Messages: the append path (seq assignment, idempotency, recall) and the read paths.
+
+Guarantees of ``MessageStore.append`` (the only writer of messages):
+
+* **One transaction per batch.**  Either every stored item of the batch is
+  committed or none is; results are returned only after the commit.
+* **Order.**  Each conversation's ``last_seq`` is incremented in the same
+  transaction that inserts its messages, so seqs are gapless and monotonic per
+  conversation, in the batch's order.  On PostgreSQL the conversation rows are
+  locked (``SELECT ... FOR NO KEY UPDATE``) in ascending id order first, so concurrent
+  batches on several nodes serialise per conversation and never deadlock; on
+  SQLite the writer's ``BEGIN IMMEDIATE`` serialises whole transactions.
+* **Idempotency.**  ``(tenant_id, msg_id)`` is unique.  Sending a stored id
+  again (or twice in one batch) yields "duplicate" with the original seq and
+  created_at when the digest matches, "conflict" when it does not; neither
+  consumes a seq.  The digest survives a recall, so a resend of a recalled
+  message is still recognised.  If two nodes race on the same id, the unique
+  constraint fires and the batch is retried once (it then sees the duplicate).
+* **Per-item refusal.**  An item is "rejected" (and the rest of the batch still
+  commits) when its conversation does not exist in its tenant ("not_found"),
+  its sender is not a member of it ("not_member"), or a recall's target is not
+  a non-recall message of the same conversation and tenant ("not_found").
+* **Recall.**  A "recall" item tombstones its target (body emptied,
+  ``recalled`` true) in the same transaction that stores the recall event; the
+  target may be an earlier item of the same batch.  Permission and time-window
+  checks belong to the messaging service (``by_msg_id`` gives it what it needs).
+* **Sending implies reading.**  Each stored message moves its sender's read
+  cursor up to its seq (never backwards), so a user's own messages are not
+  counted as unread.
+
+Cost: a fixed number of statements per batch whatever its size -- lock the
+conversations, look up the ids, check membership, bump the seqs, insert, move
+the senders' read cursors, and one tombstone update when the batch holds
+recalls.  On PostgreSQL each takes all rows at once through ``unnest()`` of
+array parameters, and the transaction plans every statement for its actual
+parameters (``plan_cache_mode = force_custom_plan``): a generic plan of the id
+lookup, chosen while the table was small, scans a tenant's rows comparing each
+with every id of the batch.
+
+Measured on the 2-core development VM (PostgreSQL 15 on the same cores, other
+test suites running alongside, so figures vary about 2x between runs), ``append``
+of 500-message batches, one tenant:
+
+    backend      500 conversations/batch    5 conversations/batch
+    SQLite       10,000-23,000 msg/s        14,000-35,000 msg/s   (WAL, synchronous=FULL)
+    PostgreSQL    4,600-13,200 msg/s         7,000-16,000 msg/s
+
+Through ``WriteBatcher`` (1,000 concurrent submitters, 500 conversations):
+SQLite 10,000-13,800 msg/s; PostgreSQL 6,000-8,100 (1 partition), 9,000-10,800
+(4 partitions).  On PostgreSQL the client spends ~37 us of CPU per message
+(mostly asyncpg encoding the arrays); the server's INSERT spends about half its
+time in the three foreign-key checks per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.schema import Column
+from sqlalchemy.types import TypeEngine
+
+from parley.errors import IdempotencyConflict, NotFound, NotMember
+from parley.store.database import Backend, Database
+from parley.store.sql import insert_for
+from parley.store.tables import conversations, members, messages, read_cursors
+
+__all__ = [
+    "RECALL_KIND",
+    "AppendResult",
+    "AppendStatus",
+    "BulkRows",
+    "MessageStore",
+    "NewMessage",
+    "StoredMessage",
+    "SyncPage",
+]
+
+AppendStatus = Literal["created", "duplicate", "conflict", "rejected"]
+RECALL_KIND = "recall"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store, as validated by the messaging service.
+
+    ``body`` is canonical JSON; ``digest`` is computed by the caller over
+    (conversation, kind, body) and decides duplicate vs conflict on resend.
+    For kind "recall", ``recall_target`` is the msg_id to tombstone.
+    """
+
+    tenant_id: int
+    conversation_id: int
+    msg_id: str
+    sender_id: int
+    sender_device: str
+    kind: str
+    body: bytes
+    digest: str
+    created_at: int
+    recall_target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    conversation_id: int
+    seq: int
+    msg_id: str
+    sender_id: int
+    sender_device: str
+    kind: str
+    body: bytes  # b"" once recalled
+    created_at: int
+    recalled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The outcome of one item of a batch.
+
+    "created" and "duplicate" carry the stored row's ``seq`` and ``created_at``
+    (for a duplicate: the original's); acknowledge both to the sender.
+    "conflict" and "rejected" carry an error ``code`` (from ``parley.errors``)
+    and a ``message``, and stored nothing.
+    """
+
+    status: AppendStatus
+    seq: int | None = None
+    created_at: int | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the message is stored (now or before)."""
+        return self.status in ("created", "duplicate")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPage:
+    """Messages after the caller's cursors, ordered by (conversation_id, seq).
+
+    ``more`` is true when further messages remain: advance the cursors to the
+    last seq of each conversation in ``messages`` and ask again.
+    """
+
+    messages: list[StoredMessage]
+    more: bool
+
+
+_INSERT_COLUMNS = (
+    "tenant_id", "conversation_id", "seq", "msg_id", "sender_id", "sender_device", "kind",
+    "body", "digest", "created_at", "recalled",
+)
+_MESSAGE_COLUMNS = (
+    messages.c.conversation_id, messages.c.seq, messages.c.msg_id, messages.c.sender_id,
+    messages.c.sender_device, messages.c.kind, messages.c.body, messages.c.created_at,
+    messages.c.recalled,
+)
+
+
+def _stored(row: RowMapping) -> StoredMessage:
+    return StoredMessage(
+        conversation_id=row["conversation_id"], seq=row["seq"], msg_id=row["msg_id"],
+        sender_id=row["sender_id"], sender_device=row["sender_device"], kind=row["kind"],
+        body=bytes(row["body"]), created_at=row["created_at"], recalled=bool(row["recalled"]),
+    )
+
+
+def _refused(status: AppendStatus, code: str, message: str) -> AppendResult:
+    return AppendResult(status=status, code=code, message=message)
+
+
+_NO_CONVERSATION = _refused("rejected", NotFound.code, "no such conversation")
+_NOT_MEMBER = _refused("rejected", NotMember.code, "the sender is not a member")
+_NO_TARGET = _refused("rejected", NotFound.code, "no such message to recall in this conversation")
+_CONFLICT = _refused(
+    "conflict", IdempotencyConflict.code, "message id already used with a different payload"
+)
+
+
+# -- bulk statements ---------------------------------------------------------------
+
+
+class BulkRows:
+    """Many rows bound to one statement, the fastest way on each backend.
+
+    SQLite: ``executemany`` of one prepared statement (a C loop in sqlite3).
+    PostgreSQL: one statement over ``unnest()`` of one array parameter per
+    column -- one execution and one plan whatever the row count, where
+    asyncpg's ``executemany`` executes the statement once per row.
+    Build the statement with ``c[name]``; bind rows with ``params(rows)``.
+    """
+
+    def __init__(self, db: Database, **types: TypeEngine[Any]) -> None:
+        pg = self._pg = db.backend == "postgresql"
+        self._names = tuple(f"r_{n}" for n in types)
+        self.c: dict[str, ColumnElement[Any]]
+        if pg:
+            src = func.unnest(
+                *[bindparam(f"r_{n}", type_=ARRAY(t)) for n, t in types.items()]
+            ).table_valued(*types).render_derived()
+            self.c = {n: src.c[n] for n in types}
+        else:
+            self.c = {n: bindparam(f"r_{n}", type_=t) for n, t in types.items()}
+
+    def params(self, rows: Sequence[Sequence[Any]]) -> dict[str, Any] | list[dict[str, Any]]:
+        """Bind the rows (at least one), each a sequence in the constructor's column order."""
+        if self._pg:
+            columns = zip(*rows, strict=True)
+            return {n: list(col) for n, col in zip(self._names, columns, strict=True)}
+        return [dict(zip(self._names, row, strict=True)) for row in rows]
+
+
+class _Keys:
+    """Rows of a table matching any of many key tuples, in one statement.
+
+    PostgreSQL: a join with ``unnest()`` of one array per key column (one
+    statement text whatever the count); SQLite: ``(a, b) IN (VALUES ...)``.
+    """
+
+    def __init__(self, db: Database, *cols: Column[Any]) -> None:
+        pg = self._pg = db.backend == "postgresql"
+        self._n = len(cols)
+        self._table = cols[0].table
+        if pg:
+            names = [f"k{i}" for i in range(self._n)]
+            src = func.unnest(
+                *[bindparam(n, type_=ARRAY(col.type)) for n, col in zip(names, cols, strict=True)]
+            ).table_valued(*names).render_derived()
+            self._src = src
+            self._on = and_(*(col == src.c[n] for n, col in zip(names, cols, strict=True)))
+        else:
+            self._on = tuple_(*cols).in_(bindparam("keys", expanding=True))
+
+    def select(self, *what: ColumnElement[Any]) -> Select[Any]:
+        if self._pg:
+            return select(*what).join_from(self._table, self._src, self._on)
+        return select(*what).where(self._on)
+
+    def params(self, keys: Iterable[tuple[Any, ...]]) -> dict[str, Any]:
+        """Bind the keys (at least one)."""
+        keys = list(keys)
+        if self._pg:
+            return {f"k{i}": [k[i] for k in keys] for i in range(self._n)}
+        return {"keys": keys}
+
+
+class _Statements:
+    """The batch statements, built once per store (so compiled once, prepared once)."""
+
+    def __init__(self, db: Database) -> None:
+        pg = db.backend == "postgresql"
+        m, c, r, mb = messages.c, conversations.c, read_cursors.c, members.c
+
+        # The batch's conversations, locked in ascending id order on PostgreSQL.
+        lock = select(c.id, c.tenant_id, c.last_seq).order_by(c.id)
+        if pg:
+            ids = bindparam("ids", type_=ARRAY(c.id.type))
+            # NO KEY UPDATE: serialises writers of last_seq, yet lets other
+            # transactions insert rows referencing the conversation (their
+            # foreign-key checks take KEY SHARE, which this lock does not block).
+            self.lock = lock.where(c.id == any_(ids)).with_for_update(key_share=True)
+        else:
+            self.lock = lock.where(c.id.in_(bindparam("ids", expanding=True)))
+
+        self.known_keys = _Keys(db, m.tenant_id, m.msg_id)
+        self.known = self.known_keys.select(
+            m.tenant_id, m.msg_id, m.conversation_id, m.seq, m.digest, m.created_at, m.kind
+        )
+        self.member_keys = _Keys(db, mb.conversation_id, mb.user_id)
+        self.member = self.member_keys.select(mb.conversation_id, mb.user_id)
+
+        # sync_page: the messages with these (conversation, seq) keys, in order.
+        self.page_keys = _Keys(db, m.conversation_id, m.seq)
+        self.page = (
+            self.page_keys.select(*_MESSAGE_COLUMNS)
+            .where(m.tenant_id == bindparam("tenant_id"))
+            .order_by(m.conversation_id, m.seq)
+        )
+
+        self.bump_rows = BulkRows(db, id=c.id.type, seq=c.last_seq.type)
+        b = self.bump_rows.c
+        self.bump = update(conversations).where(c.id == b["id"]).values(last_seq=b["seq"])
+
+        self.insert_rows = BulkRows(db, **{n: m[n].type for n in _INSERT_COLUMNS})
+        self.insert = insert(messages).from_select(
+            _INSERT_COLUMNS, select(*self.insert_rows.c.values())
+        )
+
+        self.read_rows = BulkRows(
+            db, tenant_id=r.tenant_id.type, user_id=r.user_id.type,
+            conversation_id=r.conversation_id.type, read_seq=r.read_seq.type,
+            updated_at=r.updated_at.type,
+        )
+        upsert = insert_for(db, read_cursors).from_select(
+            list(self.read_rows.c), select(*self.read_rows.c.values())
+        )
+        self.read = upsert.on_conflict_do_update(
+            index_elements=[r.user_id, r.conversation_id],
+            set_={"read_seq": upsert.excluded.read_seq, "updated_at": upsert.excluded.updated_at},
+            where=(r.read_seq < upsert.excluded.read_seq)
+            & (r.tenant_id == upsert.excluded.tenant_id),
+        )
+
+        self.tombstone_rows = BulkRows(
+            db, tenant_id=m.tenant_id.type, conversation_id=m.conversation_id.type,
+            seq=m.seq.type,
+        )
+        t = self.tombstone_rows.c
+        self.tombstone = (
+            update(messages)
+            .where(
+                m.tenant_id == t["tenant_id"],
+                m.conversation_id == t["conversation_id"],
+                m.seq == t["seq"],
+            )
+            .values(body=b"", recalled=True)
+        )
+
+
+@dataclass(slots=True)
+class _Known:
+    """A message already stored, or created earlier in the batch being appended."""
+
+    conversation_id: int
+    seq: int
+    digest: str
+    created_at: int
+    kind: str
+    row: list[Any] | None = None  # its pending INSERT row when created in this batch
+
+
+_BODY, _RECALLED = _INSERT_COLUMNS.index("body"), _INSERT_COLUMNS.index("recalled")
+
+
+class MessageStore:
+    """Repository for messages; stateless apart from its database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pg = db.backend == "postgresql"
+        self._sql = _Statements(db)
+
+    @property
+    def backend(self) -> Backend:
+        return self._db.backend
+
+    # -- append ------------------------------------------------------------------
+    async def append(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
+        """Store a batch in one transaction; one result per item, in order.
+
+        Raises (SQLAlchemy's errors) when the transaction fails: then nothing
+        of the batch is stored and no item may be acknowledged.
+        """
+        if not batch:
+            return []
+        try:
+            return await self._append_once(batch)
+        except IntegrityError:
+            # Another node stored one of these msg_ids between our lookup and
+            # our insert; the retry's lookup sees it as a duplicate.
+            return await self._append_once(batch)
+
+    async def _append_once(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
+        async with self._db.writer.begin() as conn:
+            if self._pg:
+                await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+            return await self._append(conn, batch)
+
+    async def _append(
+        self, conn: AsyncConnection, batch: Sequence[NewMessage]
+    ) -> list[AppendResult]:
+        sql = self._sql
+        locked = await conn.execute(sql.lock, {"ids": sorted({m.conversation_id for m in batch})})
+        tenant_of: dict[int, int] = {}
+        last_seq: dict[int, int] = {}
+        for r in locked:
+            tenant_of[r.id], last_seq[r.id] = r.tenant_id, r.last_seq
+        keys = {(m.tenant_id, m.msg_id) for m in batch}
+        keys.update((m.tenant_id, m.recall_target) for m in batch if m.recall_target is not None)
+        known = {
+            (r.tenant_id, r.msg_id): _Known(
+                r.conversation_id, r.seq, r.digest, r.created_at, r.kind
+            )
+            for r in await conn.execute(sql.known, sql.known_keys.params(keys))
+        }
+        pairs = {
+            (m.conversation_id, m.sender_id)
+            for m in batch
+            if tenant_of.get(m.conversation_id) == m.tenant_id
+        }
+        membership: set[tuple[int, int]] = set()
+        if pairs:
+            result = await conn.execute(sql.member, sql.member_keys.params(pairs))
+            membership = {(r.conversation_id, r.user_id) for r in result}
+
+        results: list[AppendResult] = []
+        rows: list[list[Any]] = []
+        tombstones: list[tuple[int, int, int]] = []  # (tenant, conversation, seq)
+        bumped: dict[int, int] = {}
+        reads: dict[tuple[int, int, int], tuple[int, int]] = {}
+        for m in batch:
+            key = (m.tenant_id, m.msg_id)
+            prior = known.get(key)
+            if prior is not None:
+                if prior.digest == m.digest:
+                    results.append(
+                        AppendResult(status="duplicate", seq=prior.seq, created_at=prior.created_at)
+                    )
+                else:
+                    results.append(_CONFLICT)
+                continue
+            if tenant_of.get(m.conversation_id) != m.tenant_id:
+                results.append(_NO_CONVERSATION)
+                continue
+            if (m.conversation_id, m.sender_id) not in membership:
+                results.append(_NOT_MEMBER)
+                continue
+            target: _Known | None = None
+            if m.kind == RECALL_KIND:
+                target = known.get((m.tenant_id, m.recall_target or ""))
+                if (
+                    target is None
+                    or target.conversation_id != m.conversation_id
+                    or target.kind == RECALL_KIND
+                ):
+                    results.append(_NO_TARGET)
+                    continue
+            seq = last_seq[m.conversation_id] + 1
+            last_seq[m.conversation_id] = bumped[m.conversation_id] = seq
+            row = [
+                m.tenant_id, m.conversation_id, seq, m.msg_id, m.sender_id, m.sender_device,
+                m.kind, m.body, m.digest, m.created_at, False,
+            ]
+            rows.append(row)
+            known[key] = _Known(m.conversation_id, seq, m.digest, m.created_at, m.kind, row)
+            reads[(m.tenant_id, m.sender_id, m.conversation_id)] = (seq, m.created_at)
+            if target is not None:
+                if target.row is not None:  # created earlier in this batch
+                    target.row[_BODY], target.row[_RECALLED] = b"", True
+                else:
+                    tombstones.append((m.tenant_id, target.conversation_id, target.seq))
+            results.append(AppendResult(status="created", seq=seq, created_at=m.created_at))
+
+        if rows:
+            await conn.execute(sql.bump, sql.bump_rows.params(sorted(bumped.items())))
+            # In (tenant, msg_id) order: two transactions inserting the same ids
+            # wait on each other's unique-index entries in one order, never in a cycle.
+            rows.sort(key=lambda row: (row[0], row[3]))
+            await conn.execute(sql.insert, sql.insert_rows.params(rows))
+            await conn.execute(
+                sql.read, sql.read_rows.params([(*k, *v) for k, v in sorted(reads.items())])
+            )
+        if tombstones:
+            await conn.execute(sql.tombstone, sql.tombstone_rows.params(tombstones))
+        return results
+
+    # -- reads -------------------------------------------------------------------
+    async def by_msg_id(self, tenant_id: int, msg_id: str) -> StoredMessage | None:
+        """The stored message with this id in this tenant (tombstones included).
+
+        This is what a recall is checked against: sender, conversation,
+        created_at (for the recall window), kind and the ``recalled`` flag.
+        """
+        async with self._db.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(*_MESSAGE_COLUMNS).where(
+                        messages.c.tenant_id == tenant_id, messages.c.msg_id == msg_id
+                    )
+                )
+            ).mappings().first()
+        return _stored(row) if row else None
+
+    async def after(
+        self, tenant_id: int, conv_id: int, after_seq: int, limit: int
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` messages with seq > ``after_seq``, ascending."""
+        async with self._db.reader.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(*_MESSAGE_COLUMNS)
+                    .where(
+                        messages.c.tenant_id == tenant_id,
+                        messages.c.conversation_id == conv_id,
+                        messages.c.seq > after_seq,
+                    )
+                    .order_by(messages.c.seq)
+                    .limit(limit)
+                )
+            ).mappings().all()
+        return [_stored(r) for r in rows]
+
+    async def before(
+        self, tenant_id: int, conv_id: int, before_seq: int, limit: int
+    ) -> list[StoredMessage]:
+        """The ``limit`` messages just below ``before_seq``, returned ascending.
+
+        Page backwards through history by passing the first seq of a page as
+        the next ``before_seq``.
+        """
+        async with self._db.reader.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(*_MESSAGE_COLUMNS)
+                    .where(
+                        messages.c.tenant_id == tenant_id,
+                        messages.c.conversation_id == conv_id,
+                        messages.c.seq < before_seq,
+                    )
+                    .order_by(messages.c.seq.desc())
+                    .limit(limit)
+                )
+            ).mappings().all()
+        return [_stored(r) for r in reversed(rows)]
+
+    async def sync_page(
+        self, tenant_id: int, user_id: int, cursors: Mapping[int, int], limit: int
+    ) -> SyncPage:
+        """Messages after ``cursors`` in the user's conversations, ``limit`` at most.
+
+        ``cursors`` maps conversation id -> last seq the device has; conversations
+        missing from it start at 0 (merge the stored delivery cursors in first).
+        Cursors of conversations the user is not a member of are ignored.
+        Tombstones (empty body, ``recalled`` true) and recall events are included.
+
+        Cost: one query for the user's conversations (ids and last_seq only),
+        then one query for exactly the messages of this page (seqs are gapless,
+        so their keys are known): a user offline for weeks costs one page at a
+        time, whatever the backlog.
+        """
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        async with self._db.reader.connect() as conn:
+            convs = await conn.execute(
+                select(conversations.c.id, conversations.c.last_seq)
+                .select_from(
+                    members.join(conversations, conversations.c.id == members.c.conversation_id)
+                )
+                .where(
+                    members.c.tenant_id == tenant_id,
+                    members.c.user_id == user_id,
+                    conversations.c.tenant_id == tenant_id,
+                    conversations.c.last_seq > 0,
+                )
+                .order_by(conversations.c.id)
+            )
+            # Seqs are gapless, so the page's messages are known exactly:
+            # (conversation, seq) keys, fetched by primary-key-like lookups.
+            keys: list[tuple[int, int]] = []
+            more = False
+            for cid, last in convs:
+                start = cursors.get(cid, 0)
+                if last <= start:
+                    continue
+                room = limit - len(keys)
+                if room == 0:
+                    more = True
+                    break
+                stop = min(last, start + room)
+                keys.extend((cid, seq) for seq in range(start + 1, stop + 1))
+                more = stop < last
+            if not keys:
+                return SyncPage(messages=[], more=False)
+            rows = (
+                await conn.execute(
+                    self._sql.page, {"tenant_id": tenant_id, **self._sql.page_keys.params(keys)}
+                )
+            ).mappings().all()
+        return SyncPage(messages=[_stored(r) for r in rows], more=more)

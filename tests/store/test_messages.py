@@ -1,0 +1,326 @@
+"""MessageStore against both backends: seq order, idempotency, refusals, recall, reads, sync."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from parley.store import AccountStore, Database
+from parley.store.conversations import ConversationStore
+from parley.store.cursors import CursorStore
+from parley.store.messages import MessageStore, NewMessage, StoredMessage
+from parley.store.tables import conversations, messages
+
+NOW = 1_800_000_000_000
+_n = itertools.count(1)
+
+
+def msg(
+    tenant: int, conv: int, sender: int, *, mid: str | None = None, text: str = "hi",
+    kind: str = "text", target: str | None = None, at: int | None = None,
+) -> NewMessage:
+    body = b'{"text":"%s"}' % text.encode()
+    n = next(_n)
+    return NewMessage(
+        tenant_id=tenant, conversation_id=conv, msg_id=mid or f"mid-{n}", sender_id=sender,
+        sender_device="phone", kind=kind, body=body,
+        digest=hashlib.sha256(b"%d|%s|%s" % (conv, kind.encode(), body)).hexdigest(),
+        created_at=at if at is not None else NOW + n, recall_target=target,
+    )
+
+
+class World:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.store = MessageStore(db)
+        self.convs = ConversationStore(db)
+
+    async def setup(self) -> World:
+        acc = AccountStore(self.db)
+        self.tid = (await acc.create_tenant("acme", "Acme", NOW)).id
+        self.oid = (await acc.create_tenant("other", "Other", NOW)).id
+        self.a, self.b, self.c = [
+            (await acc.create_user(self.tid, name, NOW)).id for name in ("a", "b", "c")
+        ]
+        self.x = (await acc.create_user(self.oid, "x", NOW)).id
+        self.ab = (await self.convs.create_direct(self.tid, self.a, self.b, NOW)).id
+        self.g = (await self.convs.create_group(self.tid, self.a, "G", [self.b, self.c], NOW)).id
+        self.ox = (await self.convs.create_group(self.oid, self.x, "O", [], NOW)).id
+        return self
+
+    async def last_seq(self, conv: int) -> int:
+        async with self.db.reader.connect() as conn:
+            seq = await conn.scalar(
+                select(conversations.c.last_seq).where(conversations.c.id == conv)
+            )
+        return int(seq or 0)
+
+    async def count(self) -> int:
+        async with self.db.reader.connect() as conn:
+            return len((await conn.execute(select(messages.c.id))).all())
+
+
+@pytest.fixture
+async def w(db: Database) -> World:
+    return await World(db).setup()
+
+
+async def test_seqs_are_gapless_per_conversation_in_batch_order(w: World) -> None:
+    batch = [msg(w.tid, w.ab if i % 3 else w.g, w.a) for i in range(10)]
+    results = await w.store.append(batch)
+    assert all(r.status == "created" and r.ok for r in results)
+    by_conv: dict[int, list[int]] = {}
+    for m, r in zip(batch, results, strict=True):
+        assert r.created_at == m.created_at
+        by_conv.setdefault(m.conversation_id, []).append(r.seq or 0)
+    assert by_conv[w.ab] == list(range(1, 7)) and by_conv[w.g] == list(range(1, 5))
+    more = await w.store.append([msg(w.tid, w.g, w.b)])
+    assert more[0].seq == 5
+    assert (await w.last_seq(w.ab), await w.last_seq(w.g)) == (6, 5)
+    stored = await w.store.after(w.tid, w.ab, 0, 100)
+    assert [s.seq for s in stored] == list(range(1, 7))
+    first = batch[1]
+    assert stored[0] == StoredMessage(
+        conversation_id=w.ab, seq=1, msg_id=first.msg_id, sender_id=w.a, sender_device="phone",
+        kind="text", body=first.body, created_at=first.created_at, recalled=False,
+    )
+
+
+async def test_resend_is_duplicate_and_other_payload_conflicts(w: World) -> None:
+    original = msg(w.tid, w.ab, w.a, mid="same")
+    [r1] = await w.store.append([original])
+    resend = msg(w.tid, w.ab, w.a, mid="same", at=NOW + 999_999)  # later clock, same payload
+    other = msg(w.tid, w.ab, w.a, mid="same", text="changed")
+    results = await w.store.append([resend, other, msg(w.tid, w.ab, w.a)])
+    assert [r.status for r in results] == ["duplicate", "conflict", "created"]
+    assert (results[0].seq, results[0].created_at) == (r1.seq, r1.created_at)
+    assert (r1.seq, r1.created_at) == (1, original.created_at)
+    assert results[1].code == "idempotency_conflict" and results[1].seq is None
+    assert results[2].seq == 2  # duplicates and conflicts consume no seq
+    assert await w.last_seq(w.ab) == 2
+
+
+async def test_duplicates_within_one_batch(w: World) -> None:
+    first = msg(w.tid, w.g, w.a, mid="twice")
+    results = await w.store.append(
+        [first, msg(w.tid, w.g, w.b), msg(w.tid, w.g, w.a, mid="twice"),
+         msg(w.tid, w.g, w.a, mid="twice", text="other")]
+    )
+    assert [(r.status, r.seq) for r in results] == [
+        ("created", 1), ("created", 2), ("duplicate", 1), ("conflict", None)
+    ]
+    assert results[2].created_at == first.created_at
+    assert await w.last_seq(w.g) == 2 and await w.count() == 2
+
+
+async def test_refused_items_do_not_poison_the_batch(w: World) -> None:
+    results = await w.store.append([
+        msg(w.tid, w.ab, w.a),
+        msg(w.tid, 999_999, w.a),  # no such conversation
+        msg(w.tid, w.ox, w.a),  # another tenant's conversation
+        msg(w.oid, w.ab, w.x),  # this tenant's conversation, sent as the other tenant
+        msg(w.tid, w.ab, w.c),  # not a member of ab
+        msg(w.tid, w.ab, w.a, kind="recall", target="nope"),  # nothing to recall
+        msg(w.tid, w.ab, w.b),
+    ])
+    assert [(r.status, r.code, r.seq) for r in results] == [
+        ("created", None, 1),
+        ("rejected", "not_found", None),
+        ("rejected", "not_found", None),
+        ("rejected", "not_found", None),
+        ("rejected", "not_member", None),
+        ("rejected", "not_found", None),
+        ("created", None, 2),
+    ]
+    assert not any(r.ok for r in results[1:6])
+    assert await w.last_seq(w.ab) == 2 and await w.last_seq(w.ox) == 0
+    assert await w.count() == 2
+
+
+async def test_recall_tombstones_in_the_same_transaction(w: World) -> None:
+    m1, m2 = msg(w.tid, w.g, w.b), msg(w.tid, w.g, w.c)
+    await w.store.append([m1, m2])
+    rec = msg(w.tid, w.g, w.b, kind="recall", target=m1.msg_id)
+    [r] = await w.store.append([rec])
+    assert (r.status, r.seq) == ("created", 3)
+    gone = await w.store.by_msg_id(w.tid, m1.msg_id)
+    assert gone is not None and gone.recalled and gone.body == b"" and gone.seq == 1
+    assert gone.sender_id == w.b and gone.created_at == m1.created_at
+    kept = await w.store.by_msg_id(w.tid, m2.msg_id)
+    assert kept is not None and not kept.recalled and kept.body == m2.body
+    event_ = await w.store.by_msg_id(w.tid, rec.msg_id)
+    assert event_ is not None and event_.kind == "recall" and event_.body == rec.body
+    # A resend of the recalled message is still recognised by its digest.
+    [again] = await w.store.append([msg(w.tid, w.g, w.b, mid=m1.msg_id)])
+    assert (again.status, again.seq) == ("duplicate", 1)
+
+
+async def test_recall_targets_are_checked(w: World) -> None:
+    in_ab = msg(w.tid, w.ab, w.a)
+    await w.store.append([in_ab])
+    target_later = msg(w.tid, w.g, w.a, mid="later")
+    same_batch = msg(w.tid, w.g, w.a)
+    results = await w.store.append([
+        msg(w.tid, w.g, w.a, kind="recall", target=in_ab.msg_id),  # other conversation
+        msg(w.tid, w.g, w.a, kind="recall", target="later"),  # not stored yet
+        target_later,
+        same_batch,
+        msg(w.tid, w.g, w.a, kind="recall", target=same_batch.msg_id, mid="rec-1"),
+        msg(w.tid, w.g, w.a, kind="recall", target="rec-1"),  # a recall of a recall
+    ])
+    assert [r.status for r in results] == [
+        "rejected", "rejected", "created", "created", "created", "rejected"
+    ]
+    tomb = await w.store.by_msg_id(w.tid, same_batch.msg_id)
+    assert tomb is not None and tomb.recalled and tomb.body == b""
+    live = await w.store.by_msg_id(w.tid, in_ab.msg_id)
+    assert live is not None and not live.recalled
+    # The other tenant cannot recall (or even see) this tenant's messages.
+    [r] = await w.store.append([msg(w.oid, w.ox, w.x, kind="recall", target=in_ab.msg_id)])
+    assert r.status == "rejected"
+    assert await w.store.by_msg_id(w.oid, in_ab.msg_id) is None
+
+
+async def test_after_and_before_page_through_history(w: World) -> None:
+    await w.store.append([msg(w.tid, w.g, w.a, text=f"t{i}") for i in range(25)])
+    assert [m.seq for m in await w.store.after(w.tid, w.g, 0, 10)] == list(range(1, 11))
+    assert [m.seq for m in await w.store.after(w.tid, w.g, 20, 10)] == list(range(21, 26))
+    assert await w.store.after(w.tid, w.g, 25, 10) == []
+    newest = await w.store.before(w.tid, w.g, 2**53, 10)
+    assert [m.seq for m in newest] == list(range(16, 26))
+    older = await w.store.before(w.tid, w.g, newest[0].seq, 10)
+    assert [m.seq for m in older] == list(range(6, 16))
+    oldest = await w.store.before(w.tid, w.g, older[0].seq, 10)
+    assert [m.seq for m in oldest] == list(range(1, 6))
+    assert await w.store.before(w.tid, w.g, 1, 10) == []
+    # Scoped by tenant.
+    assert await w.store.after(w.oid, w.g, 0, 10) == []
+    assert await w.store.before(w.oid, w.g, 2**53, 10) == []
+
+
+async def test_same_msg_id_in_two_tenants_is_two_messages(w: World) -> None:
+    [r1] = await w.store.append([msg(w.tid, w.ab, w.a, mid="shared")])
+    [r2] = await w.store.append([msg(w.oid, w.ox, w.x, mid="shared")])
+    assert (r1.status, r2.status) == ("created", "created")
+    one = await w.store.by_msg_id(w.tid, "shared")
+    two = await w.store.by_msg_id(w.oid, "shared")
+    assert one is not None and two is not None and one.conversation_id != two.conversation_id
+
+
+async def test_racing_the_same_msg_id_stores_it_once(w: World, backend: str) -> None:
+    """Two writers store one msg_id: one is created, the other sees it.
+
+    On PostgreSQL the race is forced: another transaction holds an uncommitted
+    row with that id, so our lookup misses it, our INSERT hits the unique
+    constraint once it commits, and the retried batch sees the duplicate.
+    SQLite has one writer, so the two batches are serialised and cannot race.
+    """
+    mine = msg(w.tid, w.g, w.a, mid="raced")
+    if backend == "sqlite":
+        results = await asyncio.gather(w.store.append([mine]), w.store.append([mine]))
+        assert sorted(r[0].status for r in results) == ["created", "duplicate"]
+        return
+    theirs = msg(w.tid, w.ab, w.a, mid="raced", text="from the other node")
+    inserting = asyncio.Event()
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO messages"):
+            inserting.set()
+
+    async with w.db.writer.connect() as other:
+        tx = await other.begin()
+        await other.execute(messages.insert().values(
+            tenant_id=w.tid, conversation_id=w.ab, seq=1, msg_id="raced", sender_id=w.a,
+            sender_device="phone", kind="text", body=theirs.body, digest=theirs.digest,
+            created_at=theirs.created_at, recalled=False,
+        ))
+        event.listen(w.db.writer.sync_engine, "before_cursor_execute", on_execute)
+        try:
+            task = asyncio.create_task(w.store.append([mine]))
+            await inserting.wait()
+            await tx.commit()
+            [result] = await task
+        finally:
+            event.remove(w.db.writer.sync_engine, "before_cursor_execute", on_execute)
+    assert result.status == "conflict"  # same id, another conversation's payload
+    assert await w.last_seq(w.g) == 0  # the failed attempt consumed no seq
+
+
+async def _drain(store: MessageStore, tid: int, uid: int, cursors: dict[int, int], limit: int
+                 ) -> tuple[list[tuple[int, int]], int]:
+    """Sync like a device: pages until ``more`` is false; returns (conv, seq) seen and pages."""
+    seen: list[tuple[int, int]] = []
+    pages = 0
+    while True:
+        page = await store.sync_page(tid, uid, cursors, limit)
+        pages += 1
+        assert len(page.messages) <= limit
+        for m in page.messages:
+            seen.append((m.conversation_id, m.seq))
+            cursors[m.conversation_id] = m.seq
+        if not page.more:
+            return seen, pages
+        assert page.messages, "more=True with an empty page would loop forever"
+
+
+async def test_sync_pages_over_many_conversations(w: World) -> None:
+    groups = [
+        (await w.convs.create_group(w.tid, w.b, f"g{i}", [w.a], NOW)).id for i in range(30)
+    ]
+    not_mine = (await w.convs.create_group(w.tid, w.b, "not a's", [w.c], NOW)).id
+    batch = [
+        msg(w.tid, conv, w.b)
+        for i, conv in enumerate(groups)
+        for _ in range(i % 7)  # 0..6 messages each; some conversations stay empty
+    ]
+    batch += [msg(w.tid, not_mine, w.b) for _ in range(5)]
+    await w.store.append(batch)
+    expected_all = sorted((g, s) for i, g in enumerate(groups) for s in range(1, i % 7 + 1))
+
+    seen, pages = await _drain(w.store, w.tid, w.a, {}, limit=7)
+    assert seen == expected_all  # everything exactly once, in (conversation, seq) order
+    assert pages == -(-len(expected_all) // 7)  # ``more`` is exact: no trailing empty page
+
+    # Starting from cursors: only what follows them.
+    cursors = {groups[6]: 3, groups[13]: 6, not_mine: 0, 424242: 5}
+    seen, _ = await _drain(w.store, w.tid, w.a, dict(cursors), limit=4)
+    assert seen == [
+        (g, s) for g, s in expected_all
+        if s > cursors.get(g, 0)
+    ]
+    # Up to date: an empty page, nothing more.
+    final = {g: i % 7 for i, g in enumerate(groups)}
+    page = await w.store.sync_page(w.tid, w.a, final, 50)
+    assert page.messages == [] and page.more is False
+
+
+async def test_sync_bounds_a_long_gap_and_includes_tombstones(w: World) -> None:
+    batch = [msg(w.tid, w.g, w.b) for _ in range(120)]
+    await w.store.append(batch)
+    await w.store.append([msg(w.tid, w.g, w.b, kind="recall", target=batch[1].msg_id)])
+    page = await w.store.sync_page(w.tid, w.a, {}, 10)
+    assert [m.seq for m in page.messages] == list(range(1, 11)) and page.more
+    assert page.messages[1].recalled and page.messages[1].body == b""
+    page = await w.store.sync_page(w.tid, w.a, {w.g: 115}, 10)
+    assert [m.seq for m in page.messages] == list(range(116, 122)) and not page.more
+    assert page.messages[-1].kind == "recall"
+    # Tenant scoping: the other tenant sees nothing of it.
+    page = await w.store.sync_page(w.oid, w.a, {}, 10)
+    assert page.messages == [] and not page.more
+    with pytest.raises(ValueError):
+        await w.store.sync_page(w.tid, w.a, {}, 0)
+
+
+async def test_sending_moves_the_senders_read_cursor(w: World) -> None:
+    cursors = CursorStore(w.db)
+    await w.store.append([msg(w.tid, w.g, w.b), msg(w.tid, w.g, w.a), msg(w.tid, w.g, w.b)])
+    assert await cursors.read_cursor(w.tid, w.a, w.g) == 2
+    assert await cursors.read_cursor(w.tid, w.b, w.g) == 3
+    assert await cursors.advance_read(w.tid, w.a, w.g, 3, NOW) == 3
+    await w.store.append([msg(w.tid, w.g, w.c)])  # never lowers anyone's cursor
+    assert await cursors.read_cursors(w.tid, w.a) == {w.g: 3}
