@@ -20,7 +20,8 @@ add new ones at the end of their group.
     ├── Conflict                     conflict         409
     ├── RateLimited                  rate_limited     429  yes
     ├── Unavailable                  unavailable      503  yes (database down, shutting down)
-    └── ConfigError                  config_error     (start-up only; one line on stderr)
+    ├── ConfigError                  config_error     (start-up only; one line on stderr)
+    └── StartupError                 startup_failed   (port taken, data dir unwritable, ...)
 
 The wire form of an error is ``{"code": ..., "message": ..., "request_id": ...}``
 on HTTP and an ``error`` frame on the WebSocket (see docs/protocol.md).
@@ -43,6 +44,7 @@ __all__ = [
     "ParleyError",
     "RateLimited",
     "RecallWindowPassed",
+    "StartupError",
     "Unauthenticated",
     "Unavailable",
     "UnknownFrame",
@@ -166,3 +168,9 @@ class ConfigError(ParleyError):
     """A setting is invalid; raised before the node starts."""
 
     code = "config_error"
+
+
+class StartupError(ParleyError):
+    """The node cannot start (port taken, data directory unwritable, schema too new)."""
+
+    code = "startup_failed"

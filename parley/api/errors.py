@@ -1,0 +1,80 @@
+"""One error body for every HTTP failure: ``{"code", "message", "request_id"}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from parley.errors import ParleyError
+
+__all__ = ["ErrorBody", "error_response", "install_error_handlers"]
+
+log = logging.getLogger("parley.api")
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid_request", 429: "rate_limited", 503: "unavailable",
+}
+
+
+class ErrorBody(BaseModel):
+    """What every failed request returns."""
+
+    code: str
+    message: str
+    request_id: str
+    details: list[dict[str, Any]] | None = None
+
+
+def _rid(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str,
+    details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorBody(code=code, message=message, request_id=_rid(request), details=details)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def parley_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ParleyError)
+        headers = {"Retry-After": "1"} if exc.retryable else None
+        return error_response(request, exc.http_status, exc.code, exc.message, headers=headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"field": "", "message": "invalid request"}
+        return error_response(
+            request, 422, "invalid_request", f"{first['field']}: {first['message']}", details
+        )
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return error_response(
+            request, exc.status_code, code, str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, "internal", "internal error")
+
+    app.add_exception_handler(ParleyError, parley_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,223 @@
+"""One validated settings object for a node, from defaults, a TOML file, the
+environment (``PARLEY_*``) and the command line, in rising order of precedence.
+
+``load_settings`` is the only way in; it raises ``ConfigError`` with one
+readable line naming the key and the reason, so a bad value stops the start
+before anything is opened.  The settings object is passed down explicitly from
+the composition root (``parley.server``); nothing reads it from a global.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from parley.errors import ConfigError
+
+__all__ = ["Settings", "load_settings", "masked_settings"]
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(BaseSettings):
+    """Every setting of a node.  Environment variables are ``PARLEY_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    # -- where it lives and listens -------------------------------------------
+    data_dir: Path = Field(
+        Path("parley-data"), description="Directory for the embedded database and local state."
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP API and gateway listen on.")
+    port: int = Field(8700, ge=0, le=65535, description="HTTP API port (0: pick a free one).")
+    ws_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="WebSocket gateway port; default: port + 1 (or a free one when port is 0).",
+    )
+
+    # -- storage --------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB; "
+        "default: SQLite in the data directory.",
+    )
+    database_pool_size: int = Field(10, ge=1, le=200)
+    database_schema: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="PostgreSQL schema to use (search_path); default: the role's default.",
+    )
+    commit_partitions: int = Field(
+        4, ge=1, le=64,
+        description="Independent group-commit loops on PostgreSQL (SQLite always uses 1).",
+    )
+    sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = Field(
+        "FULL", description="FULL keeps every acknowledged message across a power loss."
+    )
+    auto_migrate: bool = Field(True, description="Upgrade the schema when the node starts.")
+
+    # -- first start ----------------------------------------------------------
+    tenant: str = Field(
+        "default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Default tenant's slug."
+    )
+    admin_username: str = Field("admin", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    admin_password: SecretStr | None = Field(
+        None, description="First administrator's password; generated and printed once if unset."
+    )
+
+    # -- security -------------------------------------------------------------
+    allowed_origins: tuple[str, ...] = Field(
+        (),
+        description="Browser Origins allowed to open a WebSocket ('*' allows any). "
+        "Clients that send no Origin header (apps, servers) are always allowed.",
+    )
+    argon2_time_cost: int = Field(3, ge=2, le=20)
+    argon2_memory_kib: int = Field(65536, ge=19456, le=4_194_304)
+    argon2_parallelism: int = Field(4, ge=1, le=64)
+
+    access_token_ttl_s: int = Field(3600, ge=60, le=86400 * 30)
+
+    # -- messaging --------------------------------------------------------------
+    recall_window_s: int = Field(120, ge=0, le=86400 * 365)
+    max_devices_per_user: int = Field(10, ge=1, le=1000)
+    max_frame_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    max_outbound_bytes: int = Field(1024 * 1024, ge=65536, le=256 * 1024 * 1024)
+    max_connections: int = Field(18_000, ge=1, le=1_000_000)
+    ping_interval_s: float = Field(30.0, gt=0, le=3600)
+    ping_timeout_s: float = Field(10.0, gt=0, le=3600)
+    send_rate_per_s: float = Field(100.0, gt=0, description="Sends per second per connection.")
+    user_send_rate_per_s: float = Field(200.0, gt=0, description="Sends per second per user.")
+    repush_timeout_ms: int = Field(5000, ge=100, le=600_000)
+
+    # -- operations -----------------------------------------------------------
+    log_level: LogLevel = "info"
+    access_log: bool = False
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=600)
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("sqlite:", "sqlite+aiosqlite:", "postgresql", "postgres:")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+    # -- derived --------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'parley.db'}"
+
+    @property
+    def effective_ws_port(self) -> int:
+        if self.ws_port is not None:
+            return self.ws_port
+        return 0 if self.port == 0 else self.port + 1
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "settings"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) or given is None or "secret" in key or "password" in key \
+        else f" (got {given!r})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{key}: {msg}{shown}{more}"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    # Accept both a flat file and one with a [parley] table.
+    section = data.get("parley", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [parley] must be a table")
+    return section
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """Values from the TOML file (lowest precedence after defaults)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build the node's settings: defaults < TOML file < PARLEY_* env < overrides.
+
+    ``overrides`` are command-line values; ``None`` entries are ignored.
+    Raises ConfigError with one line naming the key and the reason.
+    """
+    file_values = _read_toml(config_file) if config_file else {}
+    cli = {k: v for k, v in (overrides or {}).items() if v is not None}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _DictSource(settings_cls, file_values))
+
+    try:
+        return _Loaded(**cli)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets masked, derived values filled in."""
+    data = settings.model_dump(mode="json")
+    for name, value in settings:
+        if isinstance(value, SecretStr):
+            data[name] = "********" if value.get_secret_value() else ""
+    if data.get("database_url"):
+        from sqlalchemy.engine import make_url
+
+        data["database_url"] = make_url(data["database_url"]).render_as_string(hide_password=True)
+    data["effective_database_url"] = settings.effective_database_url
+    if settings.database_url:
+        data["effective_database_url"] = data["database_url"]
+    data["effective_ws_port"] = settings.effective_ws_port
+    return data
