@@ -1,0 +1,34 @@
+"""Authenticates WebSocket upgrades with access tokens (the gateway's Authenticator).
+
+The token comes in the ``Authorization: Bearer`` header, or — for browsers,
+whose WebSocket API cannot set headers — in the ``access_token`` query
+parameter (RFC 6750 §2.3).  Parley never logs query strings.
+"""
+
+from __future__ import annotations
+
+from parley.auth.tokens import TokenService
+from parley.errors import Unauthenticated
+from parley.gateway.seam import Principal, UpgradeRequest
+
+__all__ = ["TokenAuthenticator"]
+
+
+class TokenAuthenticator:
+    def __init__(self, tokens: TokenService) -> None:
+        self._tokens = tokens
+
+    def authenticate(self, req: UpgradeRequest) -> Principal:
+        auth = req.headers.get("authorization", "")
+        token = ""
+        if auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+        if not token:
+            token = req.query.get("access_token", "")
+        if not token:
+            raise Unauthenticated("missing bearer token")
+        claims = self._tokens.verify(token)
+        return Principal(
+            tenant_id=claims.tenant_id, user_id=claims.user_id, device_id=req.device_id,
+            session_id=claims.session_id,
+        )

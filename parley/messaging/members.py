@@ -1,0 +1,88 @@
+"""A bounded cache of who is in each conversation, for the send and fan-out path.
+
+Loading members from the database for every message would cost a query per
+send; conversations change membership rarely.  Entries live ``ttl_s`` at most
+(so a change made elsewhere is seen within that time) and the services that
+change membership call ``invalidate``.  The store re-checks membership inside
+the commit, so a stale entry can delay a push but never let an outsider write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from parley.clock import Clock
+from parley.store.conversations import ConversationStore
+
+__all__ = ["ConvMembers", "MembershipCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConvMembers:
+    conv_id: int
+    kind: str  # "direct" | "group"
+    member_ids: tuple[int, ...]
+    member_set: frozenset[int]
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self.member_set
+
+
+class MembershipCache:
+    def __init__(
+        self, conversations: ConversationStore, clock: Clock, *,
+        max_entries: int = 100_000, ttl_s: float = 60.0,
+    ) -> None:
+        self._store = conversations
+        self._clock = clock
+        self._max = max_entries
+        self._ttl = ttl_s
+        self._entries: OrderedDict[tuple[int, int], tuple[float, ConvMembers]] = OrderedDict()
+        self._loading: dict[tuple[int, int], asyncio.Future[ConvMembers | None]] = {}
+
+    async def get(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
+        """The conversation's members, or None if it does not exist in this tenant."""
+        key = (tenant_id, conv_id)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > self._clock.monotonic():
+            return hit[1]
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[ConvMembers | None] = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        try:
+            value = await self._load(tenant_id, conv_id)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters (if any) re-raise it
+            raise
+        else:
+            fut.set_result(value)
+        finally:
+            self._loading.pop(key, None)
+        if value is not None:
+            self._entries[key] = (self._clock.monotonic() + self._ttl, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return value
+
+    def peek(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
+        """The cached entry if present and fresh; never loads."""
+        hit = self._entries.get((tenant_id, conv_id))
+        if hit is not None and hit[0] > self._clock.monotonic():
+            return hit[1]
+        return None
+
+    async def _load(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
+        conv = await self._store.get(tenant_id, conv_id)
+        if conv is None:
+            return None
+        ids = tuple(await self._store.member_ids(tenant_id, conv_id))
+        return ConvMembers(conv_id, conv.kind, ids, frozenset(ids))
+
+    def invalidate(self, tenant_id: int, conv_id: int) -> None:
+        self._entries.pop((tenant_id, conv_id), None)

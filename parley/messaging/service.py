@@ -1,0 +1,305 @@
+"""Messaging use cases, shared by the WebSocket and HTTP front doors.
+
+The life of a message (docs/architecture.md):
+
+1. ``send`` checks the message id against the session, validates the body,
+   checks membership (cached), and hands the message to the write batcher.
+2. The batcher commits it with its batch (seq assigned in the transaction).
+3. Only then ``send`` returns the ack data, and the message frame, encoded
+   once, goes through the Router to every online device of every member.
+
+Nothing here knows about sockets or HTTP; callers pass an ``Actor``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from parley.clock import Clock
+from parley.errors import (
+    BadRequest,
+    Forbidden,
+    IdempotencyConflict,
+    InvalidBody,
+    NotFound,
+    NotMember,
+    ParleyError,
+    RecallWindowPassed,
+)
+from parley.hub.router import DeviceSink, Router
+from parley.messaging.members import ConvMembers, MembershipCache
+from parley.metrics import Metrics
+from parley.protocol import (
+    EMPTY_BODY,
+    Delivered,
+    Limits,
+    Msg,
+    ReadEvent,
+    TypingEvent,
+    check_message_id,
+    encode,
+    new_message_id,
+    random_suffix,
+    validate_body,
+)
+from parley.store.batcher import CursorWriter, WriteBatcher
+from parley.store.conversations import ConversationStore, ConversationSummary
+from parley.store.cursors import CursorStore, DeliveryCursor
+from parley.store.messages import AppendResult, MessageStore, NewMessage, StoredMessage
+
+__all__ = ["Actor", "MessagingConfig", "MessagingService", "SendResult", "msg_frame"]
+
+SERVER_DEVICE = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is acting: a user on a device (``device_id`` "server" for server-side sends)."""
+
+    tenant_id: int
+    user_id: int
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessagingConfig:
+    recall_window_ms: int = 120_000
+    typing_expires_ms: int = 6_000
+    delivery_receipts: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    conv: int
+    mid: str
+    seq: int
+    ts: int
+    dup: bool
+
+
+def digest_of(conv: int, kind: str, body: bytes) -> str:
+    """What makes a resend "the same message": conversation, kind and canonical body."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"%d:%s:" % (conv, kind.encode()))
+    h.update(body)
+    return h.hexdigest()
+
+
+def msg_frame(m: StoredMessage) -> Msg:
+    """The wire form of a stored message (tombstones carry an empty body)."""
+    return Msg(
+        conv=m.conversation_id, seq=m.seq, mid=m.msg_id, sender=m.sender_id, kind=m.kind,
+        body=msgspec.Raw(EMPTY_BODY if m.recalled or not m.body else m.body),
+        ts=m.created_at, recalled=m.recalled,
+    )
+
+
+_STATUS_ERRORS: dict[str, type[ParleyError]] = {
+    NotFound.code: NotFound, NotMember.code: NotMember,
+    IdempotencyConflict.code: IdempotencyConflict,
+}
+
+
+def _raise_for(result: AppendResult) -> None:
+    exc = _STATUS_ERRORS.get(result.code or "", BadRequest)
+    raise exc(result.message or "message refused")
+
+
+class MessagingService:
+    def __init__(
+        self, *, messages: MessageStore, conversations: ConversationStore,
+        cursors: CursorStore, batcher: WriteBatcher, cursor_writer: CursorWriter,
+        members: MembershipCache, router: Router, limits: Limits, clock: Clock,
+        metrics: Metrics, config: MessagingConfig | None = None,
+    ) -> None:
+        self.messages = messages
+        self.conversations = conversations
+        self.cursors = cursors
+        self.batcher = batcher
+        self.cursor_writer = cursor_writer
+        self.members = members
+        self.router = router
+        self.limits = limits
+        self.clock = clock
+        self.metrics = metrics
+        self.config = config or MessagingConfig()
+
+    # -- send --------------------------------------------------------------------
+    async def _membership(self, actor: Actor, conv: int) -> ConvMembers:
+        members = await self.members.get(actor.tenant_id, conv)
+        if members is None or actor.user_id not in members:
+            # Same answer for "no such conversation" and "not yours": ids leak nothing.
+            raise NotMember("not a member of this conversation")
+        return members
+
+    async def send(
+        self, actor: Actor, conv: int, mid: str, kind: str, body: bytes | msgspec.Raw,
+        *, server_side: bool = False,
+    ) -> SendResult:
+        """Store a message and push it; returns once it is durably committed.
+
+        A resend of the same ``mid`` returns the original seq (``dup``); the same
+        ``mid`` with another payload raises IdempotencyConflict.
+        """
+        now = self.clock.now_ms()
+        if not server_side:
+            check_message_id(
+                mid, actor.user_id, actor.device_id, now,
+                self.limits.mid_max_past_ms, self.limits.mid_max_future_ms,
+            )
+        _, canonical = validate_body(kind, body, self.limits)
+        members = await self._membership(actor, conv)
+        result = await self.batcher.submit(NewMessage(
+            tenant_id=actor.tenant_id, conversation_id=conv, msg_id=mid,
+            sender_id=actor.user_id, sender_device=actor.device_id, kind=kind,
+            body=canonical, digest=digest_of(conv, kind, canonical), created_at=now,
+        ))
+        if not result.ok:
+            _raise_for(result)
+        assert result.seq is not None and result.created_at is not None
+        dup = result.status == "duplicate"
+        if dup:
+            self.metrics.messages_duplicate.inc()
+        else:
+            self.metrics.messages_sent.labels(kind).inc()
+            frame = encode(Msg(
+                conv=conv, seq=result.seq, mid=mid, sender=actor.user_id, kind=kind,
+                body=msgspec.Raw(canonical), ts=result.created_at,
+            ))
+            self.metrics.deliveries.inc(
+                self.router.deliver_message(
+                    actor.tenant_id, members.member_ids, conv, result.seq, frame
+                )
+            )
+        return SendResult(conv, mid, result.seq, result.created_at, dup)
+
+    def server_message_id(self, user_id: int) -> str:
+        """A message id of the usual shape for a message the server sends itself."""
+        return new_message_id(
+            user_id, SERVER_DEVICE, self.clock.now_ms(), random_suffix(secrets.choice)
+        )
+
+    # -- recall ------------------------------------------------------------------
+    async def recall(self, actor: Actor, conv: int, mid: str) -> int:
+        """Recall a message: the sender within the window, group owners/admins any time.
+
+        The body is removed in the same transaction that stores a ``recall``
+        message (its own seq) which every device receives.  Returns that seq.
+        Recalling an already recalled message is refused with Conflict-free
+        idempotency: it returns a new recall seq only once.
+        """
+        members = await self._membership(actor, conv)
+        target = await self.messages.by_msg_id(actor.tenant_id, mid)
+        if target is None or target.conversation_id != conv:
+            raise NotFound("no such message in this conversation")
+        if target.kind == "recall":
+            raise BadRequest("a recall cannot be recalled")
+        if target.recalled:
+            raise BadRequest("message already recalled")
+        now = self.clock.now_ms()
+        if target.sender_id != actor.user_id or now - target.created_at > \
+                self.config.recall_window_ms:
+            role = None
+            if members.kind == "group":
+                role = await self.conversations.member_role(actor.tenant_id, conv, actor.user_id)
+            if role not in ("owner", "admin"):
+                if target.sender_id != actor.user_id:
+                    raise Forbidden("only the sender or a group owner/admin may recall")
+                raise RecallWindowPassed(
+                    f"messages can be recalled within {self.config.recall_window_ms // 1000} s"
+                )
+        body = msgspec.json.encode({"mid": mid})
+        rid = self.server_message_id(actor.user_id)
+        result = await self.batcher.submit(NewMessage(
+            tenant_id=actor.tenant_id, conversation_id=conv, msg_id=rid,
+            sender_id=actor.user_id, sender_device=actor.device_id, kind="recall", body=body,
+            digest=digest_of(conv, "recall", body), created_at=now, recall_target=mid,
+        ))
+        if not result.ok:
+            _raise_for(result)
+        assert result.seq is not None and result.created_at is not None
+        frame = encode(Msg(
+            conv=conv, seq=result.seq, mid=rid, sender=actor.user_id, kind="recall",
+            body=msgspec.Raw(body), ts=result.created_at,
+        ))
+        self.router.deliver_message(actor.tenant_id, members.member_ids, conv, result.seq, frame)
+        return result.seq
+
+    # -- receipts ----------------------------------------------------------------
+    async def mark_read(
+        self, actor: Actor, conv: int, seq: int, skip: DeviceSink | None = None
+    ) -> int:
+        """Move the user's read cursor forward; tell the other members and the
+        user's other devices.  Returns the effective read cursor."""
+        members = await self._membership(actor, conv)
+        before = await self.cursors.read_cursor(actor.tenant_id, actor.user_id, conv)
+        effective = await self.cursors.advance_read(
+            actor.tenant_id, actor.user_id, conv, seq, self.clock.now_ms()
+        )
+        if effective > before:
+            frame = encode(ReadEvent(conv=conv, uid=actor.user_id, seq=effective))
+            self.router.deliver_event(actor.tenant_id, members.member_ids, frame, skip=skip)
+        return effective
+
+    def delivered(self, actor: Actor, conv: int, seq: int, members: ConvMembers | None) -> None:
+        """A device acknowledged receiving ``conv`` up to ``seq``: persist its cursor
+        (coalesced) and, in direct conversations, send the peer a delivery receipt."""
+        self.cursor_writer.advance(DeliveryCursor(
+            tenant_id=actor.tenant_id, user_id=actor.user_id, device_id=actor.device_id,
+            conversation_id=conv, acked_seq=seq, updated_at=self.clock.now_ms(),
+        ))
+        if self.config.delivery_receipts and members is not None and members.kind == "direct":
+            peers = [u for u in members.member_ids if u != actor.user_id]
+            if peers:
+                frame = encode(Delivered(conv=conv, uid=actor.user_id, seq=seq))
+                self.router.deliver_event(actor.tenant_id, peers, frame)
+
+    # -- typing ------------------------------------------------------------------
+    async def typing(self, actor: Actor, conv: int) -> None:
+        members = await self._membership(actor, conv)
+        frame = encode(TypingEvent(
+            conv=conv, uid=actor.user_id, expires_ms=self.config.typing_expires_ms
+        ))
+        others = [u for u in members.member_ids if u != actor.user_id]
+        self.router.deliver_event(actor.tenant_id, others, frame)
+
+    # -- reading -----------------------------------------------------------------
+    async def sync(
+        self, actor: Actor, cursors: Mapping[int, int], limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """Messages after ``cursors``; conversations not given start from the
+        device's stored delivery cursor."""
+        stored = await self.cursors.delivery_cursors(
+            actor.tenant_id, actor.user_id, actor.device_id
+        )
+        merged = {**stored, **cursors}
+        page = await self.messages.sync_page(actor.tenant_id, actor.user_id, merged, limit)
+        return page.messages, page.more
+
+    async def history(
+        self, actor: Actor, conv: int, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """A page of one conversation, ascending.  ``after`` pages forward from a
+        seq; otherwise pages backward from ``before`` (default: the newest)."""
+        await self._membership(actor, conv)
+        if before is not None and after is not None:
+            raise InvalidBody("give either before or after, not both")
+        if after is not None:
+            msgs = await self.messages.after(actor.tenant_id, conv, after, limit + 1)
+            return msgs[:limit], len(msgs) > limit
+        upper = before if before is not None else 2**53
+        msgs = await self.messages.before(actor.tenant_id, conv, upper, limit + 1)
+        return msgs[-limit:], len(msgs) > limit
+
+    async def conversations_page(
+        self, actor: Actor, after: int | None, limit: int
+    ) -> tuple[list[ConversationSummary], bool]:
+        rows = await self.conversations.list_for_user(
+            actor.tenant_id, actor.user_id, after=after, limit=limit + 1
+        )
+        return rows[:limit], len(rows) > limit

@@ -1,0 +1,423 @@
+"""The WebSocket front door: one ``DeviceSession`` per connection.
+
+Implements the gateway's ``SessionHandler``: decodes each text frame with the
+sans-I/O codec, applies per-connection and per-user limits, runs the use case
+(a task for anything that awaits), and answers with exactly one frame per
+request that carries a ``rid``.  Each session is also the hub's ``DeviceSink``:
+it records every pushed message in its ``InflightTracker`` and re-pushes what
+stays unacknowledged (a sweeper checks deadlines once a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from parley.clock import Clock
+from parley.errors import ParleyError, RateLimited
+from parley.gateway.seam import Connection
+from parley.hub.hub import LocalHub
+from parley.hub.presence import PresenceState
+from parley.messaging.service import Actor, MessagingService, msg_frame
+from parley.metrics import Metrics
+from parley.protocol import (
+    Ack,
+    CloseCode,
+    ConvInfo,
+    Convs,
+    ConvsPage,
+    History,
+    HistoryPage,
+    InflightTracker,
+    Limits,
+    Msg,
+    Ok,
+    Ping,
+    Pong,
+    Presence,
+    PresenceEvent,
+    Read,
+    Recall,
+    Reconnect,
+    Send,
+    Sent,
+    Sync,
+    SyncPage,
+    TokenBucket,
+    Typing,
+    Welcome,
+    close_code_for,
+    decode_client_frame,
+    encode,
+    encode_error,
+    salvage_rid,
+)
+from parley.store.messages import StoredMessage
+
+__all__ = ["DeviceSession", "FrontConfig", "WebSocketFront"]
+
+log = logging.getLogger("parley.messaging.ws")
+
+
+@dataclass(frozen=True, slots=True)
+class FrontConfig:
+    send_rate_per_s: float = 100.0
+    send_burst: float = 200.0
+    user_send_rate_per_s: float = 200.0
+    user_send_burst: float = 400.0
+    typing_min_interval_ms: int = 1_000
+    max_inflight_requests: int = 256
+    repush_timeout_ms: int = 5_000
+    repush_max_attempts: int = 3
+    max_unacked_pushes: int = 4_096
+    sweep_interval_s: float = 1.0
+    repush_batch: int = 200
+    page_bytes: int = 256 * 1024
+    """Byte budget of one sync or history page (below the outbound bound)."""
+
+
+class DeviceSession:
+    """One connected device: limits, inflight pushes, running requests."""
+
+    __slots__ = (
+        "actor", "conn", "front", "inflight", "requests", "send_bucket", "typing_at",
+    )
+
+    def __init__(self, front: WebSocketFront, conn: Connection) -> None:
+        p = conn.principal
+        self.front = front
+        self.conn = conn
+        self.actor = Actor(p.tenant_id, p.user_id, p.device_id)
+        cfg = front.config
+        self.inflight = InflightTracker(
+            repush_timeout_ms=cfg.repush_timeout_ms, max_attempts=cfg.repush_max_attempts,
+            max_pending=cfg.max_unacked_pushes,
+        )
+        self.send_bucket = TokenBucket(cfg.send_rate_per_s, cfg.send_burst)
+        self.typing_at: dict[int, int] = {}
+        self.requests = 0
+
+    # -- DeviceSink ----------------------------------------------------------------
+    @property
+    def tenant_id(self) -> int:
+        return self.actor.tenant_id
+
+    @property
+    def user_id(self) -> int:
+        return self.actor.user_id
+
+    @property
+    def device_id(self) -> str:
+        return self.actor.device_id
+
+    def push_message(self, conv: int, seq: int, frame: bytes) -> None:
+        if not self.inflight.pushed(conv, seq, self.front.mono_ms()):
+            self.front.metrics.ws_closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
+            self.conn.close(CloseCode.SLOW_CONSUMER, "too many unacknowledged messages")
+            return
+        self.front.pending.add(self)
+        self.conn.send(frame)
+
+    def push_event(self, frame: bytes) -> None:
+        self.conn.send(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.conn.close(code, reason)
+
+
+class WebSocketFront:
+    """The gateway's SessionHandler for Parley's protocol."""
+
+    def __init__(
+        self, service: MessagingService, hub: LocalHub, limits: Limits, clock: Clock,
+        metrics: Metrics, config: FrontConfig | None = None,
+    ) -> None:
+        self.service = service
+        self.hub = hub
+        self.limits = limits
+        self.clock = clock
+        self.metrics = metrics
+        self.config = config or FrontConfig()
+        self.sessions: dict[int, DeviceSession] = {}
+        self.pending: set[DeviceSession] = set()
+        self._user_buckets: dict[tuple[int, int], TokenBucket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._welcome_limits = limits.welcome(recall_window_ms=service.config.recall_window_ms)
+
+    def mono_ms(self) -> int:
+        return int(self.clock.monotonic() * 1000)
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="repush-sweeper")
+
+    async def stop(self) -> None:
+        """Stop re-pushing; let running requests finish (their commits complete)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+
+    def announce_shutdown(self, after_ms: int = 1_000) -> None:
+        """Tell every client to reconnect (to another node, or to this one later);
+        from now on, fire-and-forget work (presence, typing) is no longer started."""
+        self._stopping = True
+        frame = encode(Reconnect(reason="shutdown", after_ms=after_ms))
+        for s in list(self.sessions.values()):
+            s.conn.send(frame)
+
+    # -- SessionHandler ------------------------------------------------------------
+    def on_open(self, conn: Connection) -> None:
+        session = DeviceSession(self, conn)
+        self.sessions[conn.id] = session
+        try:
+            replaced = self.hub.attach(session)
+        except ParleyError as exc:
+            conn.send(encode_error(None, exc))
+            conn.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
+            return
+        if replaced is not None:
+            replaced.close(CloseCode.TOO_MANY_CONNECTIONS, "replaced by a newer connection")
+        self.metrics.ws_connections.set(len(self.sessions))
+        a = session.actor
+        conn.send(encode(Welcome(
+            uid=a.user_id, device=a.device_id, server_time=self.clock.now_ms(),
+            limits=self._welcome_limits,
+        )))
+        before, after = self.hub.presence.set(a.tenant_id, a.user_id, a.device_id, "online")
+        self._presence_changed(session, before, after)
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        session = self.sessions.pop(conn.id, None)
+        self.metrics.ws_closes.labels(str(code)).inc()
+        self.metrics.ws_connections.set(len(self.sessions))
+        if session is None:
+            return
+        self.pending.discard(session)
+        session.inflight.clear()
+        if self.hub.detach(session):
+            a = session.actor
+            before, after = self.hub.presence.remove(a.tenant_id, a.user_id, a.device_id)
+            self._presence_changed(session, before, after)
+            if not self.hub.is_online(a.tenant_id, a.user_id):
+                self._user_buckets.pop((a.tenant_id, a.user_id), None)
+
+    def on_text(self, conn: Connection, data: bytes) -> None:
+        session = self.sessions.get(conn.id)
+        if session is None or conn.closed:
+            return
+        try:
+            frame = decode_client_frame(data, self.limits)
+        except ParleyError as exc:
+            self.metrics.ws_errors.labels(exc.code).inc()
+            conn.send(encode_error(salvage_rid(data, self.limits), exc))
+            code = close_code_for(exc)
+            if code is not None:
+                conn.close(code, exc.code)
+            return
+        self.metrics.ws_frames_in.labels(type(frame).__name__.lower()).inc()
+        if isinstance(frame, Ack):
+            self._on_ack(session, frame)
+        elif isinstance(frame, Send):
+            if not self._allow_send(session):
+                self._error(session, frame.rid, RateLimited("sending too fast"))
+                return
+            self._spawn(session, frame.rid, self._send(session, frame))
+        elif isinstance(frame, Typing):
+            now = self.clock.now_ms()
+            last = session.typing_at.get(frame.conv, 0)
+            if now - last >= self.config.typing_min_interval_ms:
+                session.typing_at[frame.conv] = now
+                if len(session.typing_at) > 1024:
+                    session.typing_at.clear()
+                self._spawn(session, None, self.service.typing(session.actor, frame.conv))
+        elif isinstance(frame, Ping):
+            conn.send(encode(Pong(rid=frame.rid)))
+        elif isinstance(frame, Presence):
+            a = session.actor
+            before, after = self.hub.presence.set(
+                a.tenant_id, a.user_id, a.device_id, frame.status, frame.text
+            )
+            self._presence_changed(session, before, after)
+        elif isinstance(frame, Sync):
+            self._spawn(session, frame.rid, self._sync(session, frame))
+        elif isinstance(frame, History):
+            self._spawn(session, frame.rid, self._history(session, frame))
+        elif isinstance(frame, Read):
+            self._spawn(session, frame.rid, self._read(session, frame))
+        elif isinstance(frame, Recall):
+            self._spawn(session, frame.rid, self._recall(session, frame))
+        elif isinstance(frame, Convs):
+            self._spawn(session, frame.rid, self._convs(session, frame))
+
+    # -- helpers -------------------------------------------------------------------
+    def _allow_send(self, session: DeviceSession) -> bool:
+        now = self.mono_ms()
+        if not session.send_bucket.allow(now):
+            return False
+        key = (session.tenant_id, session.user_id)
+        bucket = self._user_buckets.get(key)
+        if bucket is None:
+            bucket = self._user_buckets[key] = TokenBucket(
+                self.config.user_send_rate_per_s, self.config.user_send_burst
+            )
+        return bucket.allow(now)
+
+    def _error(self, session: DeviceSession, rid: int | None, exc: ParleyError) -> None:
+        self.metrics.ws_errors.labels(exc.code).inc()
+        session.conn.send(encode_error(rid, exc))
+
+    def _spawn(
+        self, session: DeviceSession, rid: int | None, coro: Coroutine[Any, Any, None]
+    ) -> None:
+        if rid is None and self._stopping:
+            coro.close()
+            return
+        if session.requests >= self.config.max_inflight_requests:
+            coro.close()
+            self._error(session, rid, RateLimited("too many requests in flight"))
+            return
+        session.requests += 1
+        task = asyncio.create_task(self._guard(session, rid, coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(
+        self, session: DeviceSession, rid: int | None, coro: Coroutine[Any, Any, None]
+    ) -> None:
+        try:
+            await coro
+        except ParleyError as exc:
+            if rid is not None:
+                self._error(session, rid, exc)
+        except Exception:
+            log.exception("request failed")
+            if rid is not None:
+                self._error(session, rid, ParleyError("internal error"))
+        finally:
+            session.requests -= 1
+
+    def _presence_changed(
+        self, session: DeviceSession, before: PresenceState, after: PresenceState
+    ) -> None:
+        if before == after:
+            return
+        self._spawn(session, None, self._push_presence(session, after))
+
+    async def _push_presence(self, session: DeviceSession, state: PresenceState) -> None:
+        a = session.actor
+        peers = await self.service.conversations.direct_peers(a.tenant_id, a.user_id)
+        frame = encode(PresenceEvent(uid=a.user_id, status=state.status,  # type: ignore[arg-type]
+                                     text=state.text))
+        self.hub.deliver_event(a.tenant_id, peers, frame)
+
+    # -- requests ------------------------------------------------------------------
+    def _on_ack(self, session: DeviceSession, frame: Ack) -> None:
+        session.inflight.acked(frame.conv, frame.seq, self.mono_ms())
+        if not len(session.inflight):
+            self.pending.discard(session)
+        members = self.service.members.peek(session.tenant_id, frame.conv)
+        if members is None or session.user_id in members:
+            self.service.delivered(session.actor, frame.conv, frame.seq, members)
+
+    async def _send(self, session: DeviceSession, f: Send) -> None:
+        started = self.clock.monotonic()
+        r = await self.service.send(session.actor, f.conv, f.mid, f.kind, f.body)
+        session.conn.send(encode(Sent(
+            rid=f.rid, conv=r.conv, mid=r.mid, seq=r.seq, ts=r.ts, dup=r.dup
+        )))
+        self.metrics.send_duration.observe(self.clock.monotonic() - started)
+
+    def _fit(self, msgs: list[StoredMessage], keep_newest: bool) -> tuple[list[Msg], bool]:
+        """Wire frames for a page, cut to a byte budget (a page must never trip the
+        slow-consumer bound); returns them and whether any were cut."""
+        budget = self.config.page_bytes
+        frames = [msg_frame(m) for m in msgs]
+        order = reversed(frames) if keep_newest else iter(frames)
+        kept = 0
+        for fr in order:
+            budget -= len(fr.body) + len(fr.mid) + 96
+            if budget < 0 and kept:
+                break
+            kept += 1
+        if kept == len(frames):
+            return frames, False
+        return (frames[-kept:] if keep_newest else frames[:kept]), True
+
+    async def _sync(self, session: DeviceSession, f: Sync) -> None:
+        cursors = {c.conv: c.seq for c in f.cursors}
+        msgs, more = await self.service.sync(session.actor, cursors, f.limit)
+        frames, cut = self._fit(msgs, keep_newest=False)
+        session.conn.send(encode(SyncPage(rid=f.rid, msgs=frames, more=more or cut)))
+
+    async def _history(self, session: DeviceSession, f: History) -> None:
+        msgs, more = await self.service.history(session.actor, f.conv, f.before, f.after, f.limit)
+        frames, cut = self._fit(msgs, keep_newest=f.after is None)
+        session.conn.send(encode(HistoryPage(
+            rid=f.rid, conv=f.conv, msgs=frames, more=more or cut
+        )))
+
+    async def _read(self, session: DeviceSession, f: Read) -> None:
+        seq = await self.service.mark_read(session.actor, f.conv, f.seq, skip=session)
+        if f.rid is not None:
+            session.conn.send(encode(Ok(rid=f.rid, seq=seq)))
+
+    async def _recall(self, session: DeviceSession, f: Recall) -> None:
+        seq = await self.service.recall(session.actor, f.conv, f.mid)
+        session.conn.send(encode(Ok(rid=f.rid, seq=seq)))
+
+    async def _convs(self, session: DeviceSession, f: Convs) -> None:
+        rows, more = await self.service.conversations_page(session.actor, f.after, f.limit)
+        session.conn.send(encode(ConvsPage(
+            rid=f.rid, more=more, convs=[
+                ConvInfo(conv=c.conversation.id, kind=c.conversation.kind,
+                         last_seq=c.last_seq, read_seq=c.read_seq,
+                         unread=c.unread)
+                for c in rows
+            ],
+        )))
+
+    # -- re-push -------------------------------------------------------------------
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("re-push sweep failed")
+
+    async def sweep(self) -> int:
+        """Re-push what stayed unacknowledged past its deadline; returns frames re-sent."""
+        now = self.mono_ms()
+        sent = 0
+        for session in list(self.pending):
+            if session.conn.closed:
+                self.pending.discard(session)
+                continue
+            due = session.inflight.due(now)
+            if due.dropped:
+                # Unresponsive for a conversation: force a reconnect, which syncs.
+                self.pending.discard(session)
+                session.conn.close(CloseCode.SLOW_CONSUMER, "messages left unacknowledged")
+                continue
+            for r in due.repush:
+                msgs = await self.service.messages.after(
+                    session.tenant_id, r.conv, r.first_seq - 1,
+                    min(r.last_seq - r.first_seq + 1, self.config.repush_batch),
+                )
+                frames = [encode(msg_frame(m)) for m in msgs]
+                if frames and session.conn.send_many(frames):
+                    sent += len(frames)
+                    self.metrics.redeliveries.inc(len(frames))
+            if not len(session.inflight):
+                self.pending.discard(session)
+        return sent
+
