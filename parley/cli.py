@@ -283,6 +283,14 @@ def config_show(config_file: Path | None, data_dir: Path | None,
     click.echo(json.dumps(masked_settings(settings), indent=2, default=str))
 
 
+@config.command("reference")
+def config_reference() -> None:
+    """Print every setting as a Markdown table (as in docs/operations.md)."""
+    from parley.config import settings_reference
+
+    click.echo(settings_reference(), nl=False)
+
+
 @main.command()
 def version() -> None:
     """Print Parley's version."""

@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from parley.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "masked_settings"]
+__all__ = ["Settings", "load_settings", "masked_settings", "settings_reference"]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -51,7 +51,9 @@ class Settings(BaseSettings):
         description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB; "
         "default: SQLite in the data directory.",
     )
-    database_pool_size: int = Field(10, ge=1, le=200)
+    database_pool_size: int = Field(
+        10, ge=1, le=200, description="Database connections (PostgreSQL)."
+    )
     database_schema: str | None = Field(
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
         description="PostgreSQL schema to use (search_path); default: the role's default.",
@@ -69,7 +71,9 @@ class Settings(BaseSettings):
     tenant: str = Field(
         "default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Default tenant's slug."
     )
-    admin_username: str = Field("admin", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    admin_username: str = Field(
+        "admin", pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="First administrator's login."
+    )
     admin_password: SecretStr | None = Field(
         None, description="First administrator's password; generated and printed once if unset."
     )
@@ -80,28 +84,51 @@ class Settings(BaseSettings):
         description="Browser Origins allowed to open a WebSocket ('*' allows any). "
         "Clients that send no Origin header (apps, servers) are always allowed.",
     )
-    argon2_time_cost: int = Field(3, ge=2, le=20)
-    argon2_memory_kib: int = Field(65536, ge=19456, le=4_194_304)
-    argon2_parallelism: int = Field(4, ge=1, le=64)
+    argon2_time_cost: int = Field(3, ge=2, le=20, description="argon2id passes.")
+    argon2_memory_kib: int = Field(
+        65536, ge=19456, le=4_194_304, description="argon2id memory (OWASP minimum 19 MiB)."
+    )
+    argon2_parallelism: int = Field(4, ge=1, le=64, description="argon2id lanes.")
 
-    access_token_ttl_s: int = Field(3600, ge=60, le=86400 * 30)
+    access_token_ttl_s: int = Field(
+        3600, ge=60, le=86400 * 30, description="Lifetime of an access token."
+    )
 
     # -- messaging --------------------------------------------------------------
-    recall_window_s: int = Field(120, ge=0, le=86400 * 365)
-    max_devices_per_user: int = Field(10, ge=1, le=1000)
-    max_frame_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
-    max_outbound_bytes: int = Field(1024 * 1024, ge=65536, le=256 * 1024 * 1024)
-    max_connections: int = Field(18_000, ge=1, le=1_000_000)
-    ping_interval_s: float = Field(30.0, gt=0, le=3600)
-    ping_timeout_s: float = Field(10.0, gt=0, le=3600)
+    recall_window_s: int = Field(
+        120, ge=0, le=86400 * 365, description="How long a sender may recall a message."
+    )
+    max_devices_per_user: int = Field(
+        10, ge=1, le=1000, description="Devices of one user connected at once."
+    )
+    max_frame_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest WebSocket message accepted."
+    )
+    max_outbound_bytes: int = Field(
+        1024 * 1024, ge=65536, le=256 * 1024 * 1024,
+        description="Unsent bytes a connection may hold before it is closed as a slow consumer.",
+    )
+    max_connections: int = Field(
+        18_000, ge=1, le=1_000_000, description="WebSocket connections per process."
+    )
+    ping_interval_s: float = Field(
+        30.0, gt=0, le=3600, description="Ping a connection idle this long."
+    )
+    ping_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Close a pinged connection silent this long."
+    )
     send_rate_per_s: float = Field(100.0, gt=0, description="Sends per second per connection.")
     user_send_rate_per_s: float = Field(200.0, gt=0, description="Sends per second per user.")
-    repush_timeout_ms: int = Field(5000, ge=100, le=600_000)
+    repush_timeout_ms: int = Field(
+        5000, ge=100, le=600_000, description="Push a message again if unacknowledged this long."
+    )
 
     # -- operations -----------------------------------------------------------
-    log_level: LogLevel = "info"
-    access_log: bool = False
-    shutdown_timeout_s: float = Field(10.0, gt=0, le=600)
+    log_level: LogLevel = Field("info", description="debug, info, warning or error.")
+    access_log: bool = Field(False, description="Log every HTTP request.")
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="How long a graceful shutdown may drain."
+    )
 
     @field_validator("host")
     @classmethod
@@ -204,6 +231,17 @@ def load_settings(
         return _Loaded(**cli)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
+
+
+def settings_reference() -> str:
+    """The Markdown table of every setting (docs/operations.md embeds it)."""
+    lines = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default
+        shown = "(none)" if default is None or default == () else f"`{default}`"
+        desc = (f.description or "").replace("|", "\\|")
+        lines.append(f"| `{name}` | `PARLEY_{name.upper()}` | {shown} | {desc} |")
+    return "\n".join(lines) + "\n"
 
 
 def masked_settings(settings: Settings) -> dict[str, Any]:

@@ -29,3 +29,11 @@ def test_docs_exist() -> None:
     for name in ("architecture.md", "protocol.md", "operations.md", "performance.md"):
         assert (ROOT / "docs" / name).is_file(), name
     assert (ROOT / "CHANGELOG.md").is_file()
+
+
+def test_operations_doc_lists_every_setting() -> None:
+    from parley.config import settings_reference
+
+    assert settings_reference() in (ROOT / "docs" / "operations.md").read_text(), (
+        "docs/operations.md is out of date: paste `parley config reference` into it"
+    )
