@@ -40,16 +40,27 @@ async def _pg_schema(action: str, schema: str) -> None:
         await conn.close()
 
 
+async def new_pg_schema(prefix: str = "t_") -> str:
+    """A fresh, empty schema in the test database (skips the test without one)."""
+    if not PG_DSN:
+        pytest.skip(PG_SKIP_REASON)
+    schema = prefix + secrets.token_hex(6)
+    await _pg_schema("create", schema)
+    _pg_ran["count"] += 1
+    return schema
+
+
+async def drop_pg_schema(schema: str | None) -> None:
+    if schema:
+        await _pg_schema("drop", schema)
+
+
 async def make_database(backend: str, tmp_path: os.PathLike[str]) -> tuple[Database, str]:
     """A fresh, empty database on ``backend``; returns it and its URL."""
     if backend == "sqlite":
         url = f"sqlite:///{os.fspath(tmp_path)}/parley-test.db"
         return Database(url), url
-    if not PG_DSN:
-        pytest.skip(PG_SKIP_REASON)
-    schema = "t_" + secrets.token_hex(6)
-    await _pg_schema("create", schema)
-    _pg_ran["count"] += 1
+    schema = await new_pg_schema()
     return Database(PG_DSN, pg_schema=schema, pool_size=4), schema
 
 

@@ -289,8 +289,9 @@ class Session:
             call.state = WIRE
 
     def send_now(self, data: bytes) -> bool:
-        """Write a fire-and-forget frame if ready; False (dropped) otherwise."""
-        if self.state != READY or self.transport is None:
+        """Write a fire-and-forget frame if connected (welcome received; the first
+        sync need not be finished); False (dropped) otherwise."""
+        if self.state == DOWN or self.transport is None:
             return False
         self.transport.send(data)
         return True

@@ -19,7 +19,7 @@ from parley.clock import Clock, SystemClock
 from parley.config import load_settings
 from parley.server import Node
 from parley.store.conversations import Conversation
-from tests.conftest import PG_DSN, PG_SKIP_REASON, _pg_ran, _pg_schema
+from tests.conftest import PG_DSN, drop_pg_schema, new_pg_schema
 
 FAST_ARGON = {"argon2_memory_kib": 19456, "argon2_time_cost": 2, "argon2_parallelism": 1}
 
@@ -44,13 +44,7 @@ async def start_node(
         "admin_password": "admin-password", **FAST_ARGON, **overrides,
     }
     if backend == "pg":
-        if not PG_DSN:
-            pytest.skip(PG_SKIP_REASON)
-        import secrets
-
-        schema = "e_" + secrets.token_hex(6)
-        await _pg_schema("create", schema)
-        _pg_ran["count"] += 1
+        schema = await new_pg_schema("e_")
         settings["database_url"] = PG_DSN
         settings["database_schema"] = schema
     node = Node(load_settings(None, settings), clock=clock, out=io.StringIO())
@@ -60,8 +54,7 @@ async def start_node(
 
 async def stop_node(node: Node, schema: str | None) -> None:
     await node.stop()
-    if schema:
-        await _pg_schema("drop", schema)
+    await drop_pg_schema(schema)
 
 
 @dataclass

@@ -4,13 +4,10 @@ client's retry gets the same seq (issue: reliable messaging, test 5)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 
-import pytest
-
 from parley.protocol import Sent
-from tests.conftest import PG_DSN, PG_SKIP_REASON, _pg_ran, _pg_schema
+from tests.conftest import PG_DSN, drop_pg_schema, new_pg_schema
 from tests.e2e.raw import RawClient
 from tests.node.helpers import NodeProcess, run_cli
 
@@ -22,11 +19,7 @@ async def _setup(backend: str, tmp_path: Path) -> tuple[dict[str, str], str | No
     env = {**FAST, "PARLEY_DATA_DIR": str(tmp_path / "data")}
     schema = None
     if backend == "pg":
-        if not PG_DSN:
-            pytest.skip(PG_SKIP_REASON)
-        schema = "c_" + secrets.token_hex(6)
-        await _pg_schema("create", schema)
-        _pg_ran["count"] += 1
+        schema = await new_pg_schema("c_")
         env |= {"PARLEY_DATABASE_URL": PG_DSN, "PARLEY_DATABASE_SCHEMA": schema}
     return env, schema
 
@@ -80,8 +73,7 @@ async def test_kill_between_commit_and_ack(backend: str, tmp_path: Path) -> None
         finally:
             assert again.stop() == 0
     finally:
-        if schema:
-            await _pg_schema("drop", schema)
+        await drop_pg_schema(schema)
 
 
 def _now_ms() -> int:
