@@ -22,6 +22,7 @@ import uvicorn
 
 from parley import __version__
 from parley.api import ApiContext, ReadyReport, create_app
+from parley.api.deps import ApiServices
 from parley.auth.passwords import PasswordHasher
 from parley.auth.tokens import TokenService
 from parley.auth.wsauth import TokenAuthenticator
@@ -240,9 +241,18 @@ class Node:
         s = self.settings
         sock = _listen(s.host, s.port)
         self._http_socket = sock
-        app = create_app(
-            ApiContext(version=__version__, metrics=self.metrics, readiness=self.readiness)
+        assert self.db is not None and self.accounts is not None and self.tokens is not None
+        assert self.conversations is not None and self.service is not None
+        assert self.hub is not None
+        services = ApiServices(
+            settings=s, clock=self.clock, db=self.db, accounts=self.accounts,
+            conversations=self.conversations, messaging=self.service, tokens=self.tokens,
+            hasher=self.hasher, hub=self.hub,
         )
+        app = create_app(ApiContext(
+            version=__version__, metrics=self.metrics, readiness=self.readiness,
+            services=services,
+        ))
         config = uvicorn.Config(
             app,
             log_config=None,

@@ -7,12 +7,13 @@ builds it once per node.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from parley.api.deps import ApiServices
 from parley.api.errors import ErrorBody, error_response, install_error_handlers
 from parley.api.middleware import RequestContextMiddleware
 from parley.metrics import CONTENT_TYPE, Metrics
@@ -32,7 +33,7 @@ class ApiContext:
     version: str
     metrics: Metrics
     readiness: Callable[[], Awaitable[ReadyReport]]
-    extra_routers: tuple[object, ...] = field(default=())
+    services: ApiServices | None = None
 
 
 class Health(BaseModel):
@@ -76,6 +77,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    if ctx.services is not None:
+        from parley.api.routes import ROUTERS
+
+        app.state.services = ctx.services
+        for router in ROUTERS:
+            app.include_router(router, prefix="/api/v1")
 
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics)
     return app

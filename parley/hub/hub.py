@@ -65,6 +65,21 @@ class LocalHub:
         devices = self._users.get((tenant_id, user_id))
         return devices.values() if devices else ()
 
+    def close_sessions(
+        self, tenant_id: int, user_id: int, code: int, reason: str,
+        session_id: str | None = None, device_id: str | None = None,
+    ) -> int:
+        """Close the user's connections (of one login, or one device, or all);
+        returns how many were closed.  Used by logout and device revocation."""
+        n = 0
+        for sink in list(self.devices(tenant_id, user_id)):
+            if (session_id is None or sink.session_id == session_id) and (
+                device_id is None or sink.device_id == device_id
+            ):
+                sink.close(code, reason)
+                n += 1
+        return n
+
     def is_online(self, tenant_id: int, user_id: int) -> bool:
         return (tenant_id, user_id) in self._users
 

@@ -35,6 +35,11 @@ class DeviceSink(Protocol):
     @property
     def device_id(self) -> str: ...
 
+    @property
+    def session_id(self) -> str:
+        """The login (auth session) this connection was opened with."""
+        ...
+
     def push_message(self, conv: int, seq: int, frame: bytes) -> None:
         """Send a stored message's frame and expect a receive-ack for it."""
         ...

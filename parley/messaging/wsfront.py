@@ -114,6 +114,10 @@ class DeviceSession:
     def device_id(self) -> str:
         return self.actor.device_id
 
+    @property
+    def session_id(self) -> str:
+        return self.conn.principal.session_id
+
     def push_message(self, conv: int, seq: int, frame: bytes) -> None:
         if not self.inflight.pushed(conv, seq, self.front.mono_ms()):
             self.front.metrics.ws_closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()

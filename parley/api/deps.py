@@ -1,0 +1,74 @@
+"""What route handlers depend on: the node's services and the authenticated caller.
+
+``ApiServices`` is built once by the composition root and kept on
+``app.state.services``; handlers get it (and the caller) through FastAPI
+dependencies, never through globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from parley.auth.passwords import PasswordHasher
+from parley.auth.tokens import AccessClaims, TokenService
+from parley.clock import Clock
+from parley.config import Settings
+from parley.errors import Unauthenticated
+from parley.hub.hub import LocalHub
+from parley.messaging.service import MessagingService
+from parley.store.accounts import AccountStore
+from parley.store.conversations import ConversationStore
+from parley.store.database import Database
+
+__all__ = ["ApiServices", "Caller", "CurrentCaller", "Services", "get_services"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServices:
+    settings: Settings
+    clock: Clock
+    db: Database
+    accounts: AccountStore
+    conversations: ConversationStore
+    messaging: MessagingService
+    tokens: TokenService
+    hasher: PasswordHasher
+    hub: LocalHub
+
+
+def get_services(request: Request) -> ApiServices:
+    services: ApiServices = request.app.state.services
+    return services
+
+
+Services = Annotated[ApiServices, Depends(get_services)]
+
+_bearer = HTTPBearer(auto_error=False, description="An access token from /api/v1/auth/login.")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated user of a request."""
+
+    tenant_id: int
+    user_id: int
+    session_id: str
+    claims: AccessClaims
+
+
+async def current_caller(
+    services: Services,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The caller, from ``Authorization: Bearer``; 401 ``unauthenticated`` otherwise."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("missing bearer token")
+    claims = services.tokens.verify(credentials.credentials)
+    return Caller(claims.tenant_id, claims.user_id, claims.session_id, claims)
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]

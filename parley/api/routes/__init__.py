@@ -1,0 +1,11 @@
+"""The versioned HTTP API: one router per resource, all mounted under /api/v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from parley.api.routes import auth, social, users
+
+__all__ = ["ROUTERS"]
+
+ROUTERS: tuple[APIRouter, ...] = (auth.router, users.router, social.router)

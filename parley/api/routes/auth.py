@@ -1,0 +1,9 @@
+"""HTTP routes: auth (to be filled in)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["router"]
+
+router = APIRouter()
