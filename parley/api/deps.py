@@ -13,7 +13,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from parley.auth.local import LocalPasswordProvider
 from parley.auth.passwords import PasswordHasher
+from parley.auth.providers import PasswordLogin
+from parley.auth.sessions import SessionService
+from parley.auth.throttle import LoginThrottle
+from parley.auth.tickets import TicketService
 from parley.auth.tokens import AccessClaims, TokenService
 from parley.clock import Clock
 from parley.config import Settings
@@ -24,7 +29,9 @@ from parley.store.accounts import AccountStore
 from parley.store.conversations import ConversationStore
 from parley.store.database import Database
 
-__all__ = ["ApiServices", "Caller", "CurrentCaller", "Services", "get_services"]
+__all__ = [
+    "ApiServices", "Caller", "CurrentCaller", "Services", "client_address", "get_services",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,13 @@ class ApiServices:
     tokens: TokenService
     hasher: PasswordHasher
     hub: LocalHub
+    # -- authentication (sessions, the password-provider chain, throttling, tickets)
+    sessions: SessionService
+    login: PasswordLogin
+    """Append providers (LDAP, ...) to ``login.providers``; local accounts come first."""
+    local_passwords: LocalPasswordProvider
+    throttle: LoginThrottle
+    tickets: TicketService
 
 
 def get_services(request: Request) -> ApiServices:
@@ -64,7 +78,8 @@ async def current_caller(
     services: Services,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The caller, from ``Authorization: Bearer``; 401 ``unauthenticated`` otherwise."""
+    """The caller, from ``Authorization: Bearer``; 401 ``unauthenticated`` otherwise
+    (also for a token of a revoked session: ``TokenService`` checks the revocation list)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("missing bearer token")
     claims = services.tokens.verify(credentials.credentials)
@@ -72,3 +87,8 @@ async def current_caller(
 
 
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
+
+
+def client_address(request: Request) -> str:
+    """The TCP peer's address (not proxy-aware), for per-address throttling."""
+    return request.client.host if request.client else "unknown"

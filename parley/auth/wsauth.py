@@ -3,12 +3,16 @@
 The token comes in the ``Authorization: Bearer`` header, or — for browsers,
 whose WebSocket API cannot set headers — in the ``access_token`` query
 parameter (RFC 6750 §2.3).  Parley never logs query strings.
+
+Synchronous and without I/O: a token of a revoked session is refused through
+the ``TokenService``'s in-memory revocation list.  A token bound to a device
+(``did``: the login named one) opens sockets only as that device.
 """
 
 from __future__ import annotations
 
 from parley.auth.tokens import TokenService
-from parley.errors import Unauthenticated
+from parley.errors import Forbidden, Unauthenticated
 from parley.gateway.seam import Principal, UpgradeRequest
 
 __all__ = ["TokenAuthenticator"]
@@ -28,6 +32,8 @@ class TokenAuthenticator:
         if not token:
             raise Unauthenticated("missing bearer token")
         claims = self._tokens.verify(token)
+        if claims.device_id is not None and claims.device_id != req.device_id:
+            raise Forbidden("this token belongs to another device")
         return Principal(
             tenant_id=claims.tenant_id, user_id=claims.user_id, device_id=req.device_id,
             session_id=claims.session_id,
