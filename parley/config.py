@@ -94,6 +94,68 @@ class Settings(BaseSettings):
         3600, ge=60, le=86400 * 30, description="Lifetime of an access token."
     )
 
+    # -- sessions, registration, login throttling, tickets ----------------------
+    allow_registration: bool = Field(
+        False, description="Let anyone create an account with POST /api/v1/auth/register."
+    )
+    refresh_token_ttl_s: int = Field(
+        30 * 86400, ge=300, le=365 * 86400,
+        description="A login ends if its refresh token is not used for this long.",
+    )
+    login_failures_per_account: int = Field(
+        5, ge=1, le=10_000,
+        description="Failed logins allowed per account within login_throttle_window_s.",
+    )
+    login_failures_per_address: int = Field(
+        50, ge=1, le=1_000_000,
+        description="Failed logins allowed per client address within login_throttle_window_s.",
+    )
+    login_throttle_window_s: int = Field(
+        300, ge=1, le=86400, description="Window over which failed logins are counted."
+    )
+    ticket_ttl_s: int = Field(
+        30, ge=1, le=60, description="Lifetime of a one-time ticket for a light app."
+    )
+
+    # -- LDAP and OAuth 2.0 ----------------------------------------------------
+    ldap_url: str | None = Field(
+        None, description="ldap://HOST:PORT or ldaps://HOST:PORT of a directory to log in "
+        "against (after local accounts); unset: no LDAP.",
+    )
+    ldap_bind_dn_template: str | None = Field(
+        None, description="Bind directly as this DN, {username} replaced (escaped), e.g. "
+        "uid={username},ou=people,dc=example,dc=org; unset: search then bind.",
+    )
+    ldap_search_base: str | None = Field(
+        None, description="Where to search for the user (search-then-bind mode).",
+    )
+    ldap_search_filter: str = Field(
+        "(uid={username})", description="Filter finding one user; {username} is escaped.",
+    )
+    ldap_service_dn: str | None = Field(
+        None, description="DN to bind as for searching (unset: anonymous search).",
+    )
+    ldap_service_password: SecretStr | None = Field(
+        None, description="Password of ldap_service_dn.",
+    )
+    ldap_attribute_map: dict[str, str] = Field(
+        default_factory=lambda: {"display_name": "cn", "email": "mail"},
+        description="Directory attribute for each Parley field (display_name, email).",
+    )
+    ldap_subject_attribute: str = Field(
+        "entryUUID", description="Stable id of a directory entry; the DN when absent.",
+    )
+    ldap_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Connect and response timeout for the directory.",
+    )
+    oauth_code_ttl_s: int = Field(
+        60, ge=10, le=600, description="Lifetime of an OAuth 2.0 authorization code.",
+    )
+    oauth_password_grant: bool = Field(
+        False, description="Allow the OAuth 2.0 password grant for first-party clients "
+        "(deprecated by OAuth 2.1; prefer authorization code with PKCE).",
+    )
+
     # -- messaging --------------------------------------------------------------
     recall_window_s: int = Field(
         120, ge=0, le=86400 * 365, description="How long a sender may recall a message."
@@ -121,6 +183,16 @@ class Settings(BaseSettings):
     user_send_rate_per_s: float = Field(200.0, gt=0, description="Sends per second per user.")
     repush_timeout_ms: int = Field(
         5000, ge=100, le=600_000, description="Push a message again if unacknowledged this long."
+    )
+
+    # -- contacts and groups --------------------------------------------------
+    stranger_messages: bool = Field(
+        True,
+        description="Whether users who are not contacts may message each other directly "
+        "(false: a direct conversation needs an accepted contact request).",
+    )
+    group_member_limit: int = Field(
+        500, ge=2, le=100_000, description="Most members a group may have (owner included)."
     )
 
     # -- operations -----------------------------------------------------------

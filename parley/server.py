@@ -23,7 +23,14 @@ import uvicorn
 from parley import __version__
 from parley.api import ApiContext, ReadyReport, create_app
 from parley.api.deps import ApiServices
+from parley.api.routes.oauth import build_oauth
+from parley.auth.ldap import ldap_provider_from_settings
+from parley.auth.local import LocalPasswordProvider
 from parley.auth.passwords import PasswordHasher
+from parley.auth.providers import PasswordLogin
+from parley.auth.sessions import RevocationList, SessionService
+from parley.auth.throttle import LoginThrottle
+from parley.auth.tickets import TicketService
 from parley.auth.tokens import TokenService
 from parley.auth.wsauth import TokenAuthenticator
 from parley.bootstrap import ensure_default_tenant
@@ -39,14 +46,18 @@ from parley.messaging import (
     MessagingService,
     WebSocketFront,
 )
+from parley.messaging.policy import SendPolicy
 from parley.metrics import Metrics
 from parley.protocol import Limits
 from parley.store import AccountStore, Database, SchemaState, Tenant, schema_status, upgrade
 from parley.store.batcher import CursorWriter, WriteBatcher
 from parley.store.conversations import ConversationStore
 from parley.store.cursors import CursorStore
+from parley.store.identities import IdentityStore
 from parley.store.keys import KeyStore
 from parley.store.messages import MessageStore
+from parley.store.sessions import SessionStore
+from parley.store.social import SocialStore
 
 __all__ = ["Node", "check_data_dir", "open_database", "serve"]
 
@@ -127,6 +138,8 @@ class Node:
         self.accounts: AccountStore | None = None
         self.tenant: Tenant | None = None
         self.tokens: TokenService | None = None
+        self.revocations: RevocationList | None = None
+        self.sessions: SessionService | None = None
         self.conversations: ConversationStore | None = None
         self.messages: MessageStore | None = None
         self.batcher: WriteBatcher | None = None
@@ -168,7 +181,10 @@ class Node:
                     f"`parley user passwd {boot.admin_username}`): {boot.generated_password}"
                 )
         keys = await KeyStore(db).ensure(self.clock.now_ms())
-        self.tokens = TokenService(keys, self.clock, access_ttl_s=s.access_token_ttl_s)
+        self.revocations = RevocationList(self.clock, s.access_token_ttl_s)
+        self.tokens = TokenService(
+            keys, self.clock, access_ttl_s=s.access_token_ttl_s, revocations=self.revocations
+        )
 
         self.conversations = ConversationStore(db)
         self.messages = MessageStore(db)
@@ -179,12 +195,18 @@ class Node:
         self.cursor_writer = CursorWriter(cursors)
         await self.cursor_writer.start()
         self.hub = LocalHub(max_devices_per_user=s.max_devices_per_user)
+        self.sessions = SessionService(
+            SessionStore(db), self.tokens, self.revocations, self.hub, self.clock,
+            refresh_ttl_s=s.refresh_token_ttl_s,
+        )
+        await self.sessions.load_revocations()
         self.service = MessagingService(
             messages=self.messages, conversations=self.conversations, cursors=cursors,
             batcher=self.batcher, cursor_writer=self.cursor_writer,
             members=MembershipCache(self.conversations, self.clock), router=self.hub,
             limits=self.limits, clock=self.clock, metrics=self.metrics,
             config=MessagingConfig(recall_window_ms=s.recall_window_s * 1000),
+            policy=SendPolicy(SocialStore(db), self.clock, stranger_messages=s.stranger_messages),
         )
         self.front = WebSocketFront(
             self.service, self.hub, self.limits, self.clock, self.metrics,
@@ -243,16 +265,28 @@ class Node:
         self._http_socket = sock
         assert self.db is not None and self.accounts is not None and self.tokens is not None
         assert self.conversations is not None and self.service is not None
-        assert self.hub is not None
+        assert self.hub is not None and self.sessions is not None
+        local = await LocalPasswordProvider.create(self.accounts, self.hasher, self.clock)
         services = ApiServices(
             settings=s, clock=self.clock, db=self.db, accounts=self.accounts,
             conversations=self.conversations, messaging=self.service, tokens=self.tokens,
-            hasher=self.hasher, hub=self.hub,
+            hasher=self.hasher, hub=self.hub, sessions=self.sessions,
+            login=PasswordLogin([local], waste=local.waste), local_passwords=local,
+            throttle=LoginThrottle(
+                self.clock, per_account=s.login_failures_per_account,
+                per_address=s.login_failures_per_address, window_s=s.login_throttle_window_s,
+            ),
+            tickets=TicketService(self.tokens, self.sessions.store, self.clock,
+                                  ttl_s=s.ticket_ttl_s),
         )
         app = create_app(ApiContext(
             version=__version__, metrics=self.metrics, readiness=self.readiness,
             services=services,
         ))
+        ldap = ldap_provider_from_settings(s, self.accounts, IdentityStore(self.db), self.clock)
+        if ldap is not None:  # after local accounts
+            services.login.providers.append(ldap)
+        app.state.oauth = build_oauth(services)  # the OAuth 2.0 provider (parley.auth.oauth)
         config = uvicorn.Config(
             app,
             log_config=None,

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from parley.errors import ParleyError
 
-__all__ = ["ErrorBody", "error_response", "install_error_handlers"]
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "error_response", "install_error_handlers"]
 
 log = logging.getLogger("parley.api")
 
@@ -31,6 +31,20 @@ class ErrorBody(BaseModel):
     message: str
     request_id: str
     details: list[dict[str, Any]] | None = None
+
+
+_E: dict[str, Any] = {"model": ErrorBody}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_E, "description": "Malformed request"},
+    401: {**_E, "description": "Missing or invalid credentials or access token"},
+    403: {**_E, "description": "Not permitted"},
+    404: {**_E, "description": "No such object (or not visible to the caller)"},
+    409: {**_E, "description": "Conflicts with the current state"},
+    422: {**_E, "description": "Invalid fields (see details)"},
+    429: {**_E, "description": "Too many requests; retry after Retry-After seconds"},
+    503: {**_E, "description": "Temporarily unavailable; retry"},
+}
+"""The error answers every API operation documents (one body for all of them)."""
 
 
 def _rid(request: Request) -> str:

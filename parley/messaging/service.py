@@ -33,6 +33,7 @@ from parley.errors import (
 )
 from parley.hub.router import DeviceSink, Router
 from parley.messaging.members import ConvMembers, MembershipCache
+from parley.messaging.policy import SendPolicy
 from parley.metrics import Metrics
 from parley.protocol import (
     EMPTY_BODY,
@@ -116,6 +117,7 @@ class MessagingService:
         cursors: CursorStore, batcher: WriteBatcher, cursor_writer: CursorWriter,
         members: MembershipCache, router: Router, limits: Limits, clock: Clock,
         metrics: Metrics, config: MessagingConfig | None = None,
+        policy: SendPolicy | None = None,
     ) -> None:
         self.messages = messages
         self.conversations = conversations
@@ -128,6 +130,7 @@ class MessagingService:
         self.clock = clock
         self.metrics = metrics
         self.config = config or MessagingConfig()
+        self.policy = policy
 
     # -- send --------------------------------------------------------------------
     async def _membership(self, actor: Actor, conv: int) -> ConvMembers:
@@ -154,6 +157,7 @@ class MessagingService:
             )
         _, canonical = validate_body(kind, body, self.limits)
         members = await self._membership(actor, conv)
+        await self._check_policy(actor, members)
         result = await self.batcher.submit(NewMessage(
             tenant_id=actor.tenant_id, conversation_id=conv, msg_id=mid,
             sender_id=actor.user_id, sender_device=actor.device_id, kind=kind,
@@ -177,6 +181,33 @@ class MessagingService:
                 )
             )
         return SendResult(conv, mid, result.seq, result.created_at, dup)
+
+    async def _check_policy(self, actor: Actor, members: ConvMembers) -> None:
+        """Blocks and the stranger policy (direct), mutes (groups); Forbidden if refused."""
+        if self.policy is None:
+            return
+        if members.kind == "direct":
+            for peer in members.member_ids:
+                if peer != actor.user_id:
+                    await self.policy.check_direct(actor.tenant_id, actor.user_id, peer)
+        else:
+            await self.policy.check_group(actor.tenant_id, members.conv_id, actor.user_id)
+
+    async def send_as_server(
+        self, tenant_id: int, user_id: int, conv: int, mid: str, kind: str, body: bytes
+    ) -> SendResult:
+        """The server-side send API: ``user_id`` sends through the server (device
+        "server") with a server-generated ``mid`` (``server_message_id``); same
+        checks, batcher and fan-out as a WebSocket send, so online devices get it."""
+        return await self.send(
+            Actor(tenant_id, user_id, SERVER_DEVICE), conv, mid, kind, body, server_side=True
+        )
+
+    def members_changed(self, tenant_id: int, conv: int) -> None:
+        """Call after changing a conversation's members, roles or mutes."""
+        self.members.invalidate(tenant_id, conv)
+        if self.policy is not None:
+            self.policy.invalidate_group(tenant_id, conv)
 
     def server_message_id(self, user_id: int) -> str:
         """A message id of the usual shape for a message the server sends itself."""

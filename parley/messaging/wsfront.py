@@ -319,6 +319,9 @@ class WebSocketFront:
     async def _push_presence(self, session: DeviceSession, state: PresenceState) -> None:
         a = session.actor
         peers = await self.service.conversations.direct_peers(a.tenant_id, a.user_id)
+        if self.service.policy is not None:  # users this user blocked do not see it
+            hidden = await self.service.policy.social.blocked_ids(a.tenant_id, a.user_id)
+            peers = [p for p in peers if p not in hidden]
         frame = encode(PresenceEvent(uid=a.user_id, status=state.status,  # type: ignore[arg-type]
                                      text=state.text))
         self.hub.deliver_event(a.tenant_id, peers, frame)

@@ -33,16 +33,25 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "auth_sessions",
+    "blocks",
+    "contacts",
     "conversations",
     "credentials",
     "delivery_cursors",
     "devices",
+    "external_identities",
+    "idempotency_keys",
     "members",
     "messages",
     "metadata",
+    "oauth_clients",
+    "oauth_codes",
     "read_cursors",
+    "refresh_tokens",
     "signing_keys",
     "tenants",
+    "used_tickets",
     "users",
 ]
 
@@ -80,6 +89,8 @@ users = Table(
     # "active" | "disabled"
     Column("status", String(16), nullable=False, server_default="active"),
     Column("created_at", BigInteger, nullable=False),
+    # 0005: a short profile line, set by the user.
+    Column("status_text", String(200), nullable=False, server_default=""),
     UniqueConstraint("tenant_id", "username"),
 )
 
@@ -120,6 +131,10 @@ conversations = Table(
     Column("last_seq", BigInteger, nullable=False, server_default="0"),
     Column("created_by", Id, ForeignKey("users.id"), nullable=True),
     Column("created_at", BigInteger, nullable=False),
+    # 0005, groups only: the announcement, "only owner/admins may send", dissolution time.
+    Column("announcement", Text, nullable=False, server_default=""),
+    Column("all_muted", Boolean, nullable=False, server_default=false()),
+    Column("dissolved_at", BigInteger, nullable=True),
     UniqueConstraint("tenant_id", "direct_key"),
 )
 
@@ -132,6 +147,11 @@ members = Table(
     # "owner" | "admin" | "member"
     Column("role", String(16), nullable=False, server_default="member"),
     Column("joined_at", BigInteger, nullable=False),
+    # 0005: the member's own settings (pinned, notifications muted) and, in groups,
+    # the time until which an owner/admin muted them (ms; 0: not muted).
+    Column("pinned", Boolean, nullable=False, server_default=false()),
+    Column("muted", Boolean, nullable=False, server_default=false()),
+    Column("send_muted_until", BigInteger, nullable=False, server_default="0"),
     Index(None, "user_id"),
 )
 
@@ -191,4 +211,140 @@ signing_keys = Table(
     Column("secret", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("retired_at", BigInteger, nullable=True),
+)
+
+# -- 0005: social --------------------------------------------------------------------
+# Columns added to existing tables by 0005: users.status_text; conversations.announcement,
+# conversations.all_muted, conversations.dissolved_at; members.pinned, members.muted,
+# members.send_muted_until.
+
+# One row per direction of a relationship: a request from A to B is (A, B, "requested")
+# and (B, A, "incoming"); accepting turns both into "accepted".
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id"), primary_key=True),
+    Column("peer_id", Id, ForeignKey("users.id"), primary_key=True),
+    # "requested" | "incoming" | "accepted"
+    Column("state", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# ``user_id`` blocked ``blocked_id``: the blocked user cannot message the blocker
+# in their direct conversation nor see the blocker's presence.
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id"), primary_key=True),
+    Column("blocked_id", Id, ForeignKey("users.id"), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "blocked_id"),
+)
+
+# Server-side sends: a caller's Idempotency-Key -> the message id the server generated.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("msg_id", String(160), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# -- 0004: identities and OAuth clients ----------------------------------------------
+# A Parley user vouched for by an outside identity provider (LDAP now, OIDC later):
+# ``subject`` is the provider's stable id for the person (entryUUID, else the DN).
+external_identities = Table(
+    "external_identities",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id"), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("subject", String(512), nullable=False),
+    Column("email", String(320), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_login_at", BigInteger, nullable=False),
+    UniqueConstraint("tenant_id", "provider", "subject"),
+    Index(None, "user_id"),
+)
+
+# Registered OAuth 2.0 clients.  ``secret_hash`` is the SHA-256 (hex) of a 256-bit
+# random secret, NULL for public clients; lists are space-separated.
+oauth_clients = Table(
+    "oauth_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=True),
+    Column("redirect_uris", Text, nullable=False, server_default=""),
+    Column("grant_types", String(200), nullable=False),
+    Column("scopes", Text, nullable=False, server_default=""),
+    Column("first_party", Boolean, nullable=False, server_default=false()),
+    # The service principal that client-credentials tokens stand for.
+    Column("service_user_id", Id, ForeignKey("users.id"), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Authorization codes: stored as SHA-256 (hex), single use (deleted when redeemed),
+# always with an S256 PKCE challenge.
+oauth_codes = Table(
+    "oauth_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("client_id", String(64), ForeignKey("oauth_clients.client_id"), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id"), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False, server_default=""),
+    Column("code_challenge", String(128), nullable=False),
+    Column("code_challenge_method", String(8), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+# -- 0003: auth sessions ---------------------------------------------------------------
+# A login: the ``sid`` of every access token it issues.  Revoking it (logout, refresh
+# reuse, password change, device revocation) kills its refresh tokens and, through the
+# in-memory revocation list, its access tokens.
+auth_sessions = Table(
+    "auth_sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id"), nullable=False),
+    # The device the login was made for ("" when the client named none).
+    Column("device_id", String(64), nullable=False, server_default=""),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_used_at", BigInteger, nullable=False),
+    # The refresh token's (sliding) expiry: each rotation moves it forward.
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index(None, "user_id"),
+    Index(None, "revoked_at"),
+)
+
+# Refresh tokens, by SHA-256 (hex) of the 256-bit random token: each is used once;
+# a used one presented again (``used_at`` set) revokes its whole session.
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("session_id", String(32), ForeignKey("auth_sessions.id"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger, nullable=True),
+    Index(None, "session_id"),
+)
+
+# One-time tickets already redeemed (by JWT id) until they expire anyway.
+used_tickets = Table(
+    "used_tickets",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Index(None, "expires_at"),
 )

@@ -1,0 +1,96 @@
+"""Who may send where, beyond membership: blocks, the stranger policy, group mutes.
+
+``SendPolicy.check`` runs on every send (WebSocket and HTTP) after the
+membership check.  Its answers are cached per (tenant, sender, peer) for direct
+conversations and per (tenant, conversation) for groups for ``ttl_s`` at most;
+the HTTP routes that change blocks, contacts or group rules call the
+``invalidate_*`` methods, so a change on this node applies at once and a change
+made on another node within ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+from parley.clock import Clock
+from parley.errors import Forbidden
+from parley.store.social import DirectRule, GroupRules, SocialStore
+
+__all__ = ["SendPolicy"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _TtlCache(Generic[K, V]):
+    def __init__(self, clock: Clock, ttl_s: float, max_entries: int) -> None:
+        self._clock, self._ttl, self._max = clock, ttl_s, max_entries
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > self._clock.monotonic():
+            return hit[1]
+        return None
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = (self._clock.monotonic() + self._ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+
+class SendPolicy:
+    def __init__(
+        self, social: SocialStore, clock: Clock, *, stranger_messages: bool = True,
+        ttl_s: float = 10.0, max_entries: int = 100_000,
+    ) -> None:
+        self.social = social
+        self.stranger_messages = stranger_messages
+        self._clock = clock
+        self._direct: _TtlCache[tuple[int, int, int], DirectRule] = _TtlCache(
+            clock, ttl_s, max_entries
+        )
+        self._groups: _TtlCache[tuple[int, int], GroupRules] = _TtlCache(
+            clock, ttl_s, max_entries
+        )
+
+    async def direct_rule(self, tenant_id: int, sender: int, peer: int) -> DirectRule:
+        key = (tenant_id, sender, peer)
+        rule = self._direct.get(key)
+        if rule is None:
+            rule = await self.social.direct_rule(tenant_id, sender, peer)
+            self._direct.put(key, rule)
+        return rule
+
+    async def check_direct(self, tenant_id: int, sender: int, peer: int) -> None:
+        """Raise Forbidden when ``sender`` may not message ``peer`` directly."""
+        rule = await self.direct_rule(tenant_id, sender, peer)
+        if rule.blocked_by_peer:
+            raise Forbidden("this user does not accept your messages")
+        if not self.stranger_messages and not rule.contacts:
+            raise Forbidden("only contacts may message each other in this tenant")
+
+    async def check_group(self, tenant_id: int, conv: int, sender: int) -> None:
+        """Raise Forbidden when ``sender`` is muted in the group (or the whole group is)."""
+        key = (tenant_id, conv)
+        rules = self._groups.get(key)
+        if rules is None:
+            rules = await self.social.group_rules(tenant_id, conv)
+            self._groups.put(key, rules)
+        if rules.all_muted and sender not in rules.privileged:
+            raise Forbidden("the group is muted: only its owner and admins may send")
+        until = rules.muted_until.get(sender, 0)
+        if until > self._clock.now_ms():
+            raise Forbidden(f"you are muted in this group until {until}")
+
+    def invalidate_pair(self, tenant_id: int, a: int, b: int) -> None:
+        self._direct.pop((tenant_id, a, b))
+        self._direct.pop((tenant_id, b, a))
+
+    def invalidate_group(self, tenant_id: int, conv: int) -> None:
+        self._groups.pop((tenant_id, conv))
