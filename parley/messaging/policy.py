@@ -6,18 +6,23 @@ conversations and per (tenant, conversation) for groups for ``ttl_s`` at most;
 the HTTP routes that change blocks, contacts or group rules call the
 ``invalidate_*`` methods, so a change on this node applies at once and a change
 made on another node within ``ttl_s``.
+
+The stranger policy is per tenant: the tenant's own setting when it has one
+(cached per tenant the same way; ``invalidate_tenant`` after a change), else the
+node's ``stranger_messages``.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from parley.clock import Clock
 from parley.errors import Forbidden
+from parley.store.accounts import Tenant
 from parley.store.social import DirectRule, GroupRules, SocialStore
 
-__all__ = ["SendPolicy"]
+__all__ = ["SendPolicy", "TenantSource"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -44,14 +49,23 @@ class _TtlCache(Generic[K, V]):
         self._entries.pop(key, None)
 
 
+class TenantSource(Protocol):
+    async def tenant(self, tenant_id: int) -> Tenant | None:
+        """The tenant (with its policies), or None when there is no such tenant."""
+        ...
+
+
 class SendPolicy:
     def __init__(
         self, social: SocialStore, clock: Clock, *, stranger_messages: bool = True,
-        ttl_s: float = 10.0, max_entries: int = 100_000,
+        tenants: TenantSource | None = None, ttl_s: float = 10.0, max_entries: int = 100_000,
     ) -> None:
         self.social = social
         self.stranger_messages = stranger_messages
+        """The node's setting: applies to tenants that have none of their own."""
+        self._tenants = tenants
         self._clock = clock
+        self._strangers: _TtlCache[int, bool] = _TtlCache(clock, ttl_s, max_entries)
         self._direct: _TtlCache[tuple[int, int, int], DirectRule] = _TtlCache(
             clock, ttl_s, max_entries
         )
@@ -67,12 +81,24 @@ class SendPolicy:
             self._direct.put(key, rule)
         return rule
 
+    async def strangers_allowed(self, tenant_id: int) -> bool:
+        """The effective stranger policy of a tenant: its own setting, else the node's."""
+        if self._tenants is None:
+            return self.stranger_messages
+        allowed = self._strangers.get(tenant_id)
+        if allowed is None:
+            tenant = await self._tenants.tenant(tenant_id)
+            own = tenant.stranger_messages if tenant is not None else None
+            allowed = self.stranger_messages if own is None else own
+            self._strangers.put(tenant_id, allowed)
+        return allowed
+
     async def check_direct(self, tenant_id: int, sender: int, peer: int) -> None:
         """Raise Forbidden when ``sender`` may not message ``peer`` directly."""
         rule = await self.direct_rule(tenant_id, sender, peer)
         if rule.blocked_by_peer:
             raise Forbidden("this user does not accept your messages")
-        if not self.stranger_messages and not rule.contacts:
+        if not rule.contacts and not await self.strangers_allowed(tenant_id):
             raise Forbidden("only contacts may message each other in this tenant")
 
     async def check_group(self, tenant_id: int, conv: int, sender: int) -> None:
@@ -94,3 +120,6 @@ class SendPolicy:
 
     def invalidate_group(self, tenant_id: int, conv: int) -> None:
         self._groups.pop((tenant_id, conv))
+
+    def invalidate_tenant(self, tenant_id: int) -> None:
+        self._strangers.pop(tenant_id)

@@ -16,7 +16,7 @@ from parley.store.database import Database
 from parley.store.sql import insert_for
 from parley.store.tables import credentials, devices, tenants, users
 
-__all__ = ["AccountStore", "Device", "Tenant", "User", "UserRole"]
+__all__ = ["UNSET", "AccountStore", "Device", "Tenant", "User", "UserRole"]
 
 UserRole = str  # "user" | "tenant_admin" | "system_admin"
 ROLES = ("user", "tenant_admin", "system_admin")
@@ -28,6 +28,10 @@ class Tenant:
     slug: str
     name: str
     created_at: int
+    allow_registration: bool | None = None
+    """Whether anyone may register in this tenant; None: the node's setting."""
+    stranger_messages: bool | None = None
+    """Whether non-contacts may message each other directly; None: the node's setting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,25 @@ def _user(row: RowMapping) -> User:
 
 
 def _tenant(row: RowMapping) -> Tenant:
-    return Tenant(id=row["id"], slug=row["slug"], name=row["name"], created_at=row["created_at"])
+    return Tenant(
+        id=row["id"], slug=row["slug"], name=row["name"], created_at=row["created_at"],
+        allow_registration=_opt_bool(row["allow_registration"]),
+        stranger_messages=_opt_bool(row["stranger_messages"]),
+    )
+
+
+def _opt_bool(value: object) -> bool | None:
+    return None if value is None else bool(value)
+
+
+class _Unset:
+    """The type of ``UNSET``: "leave this field as it is"."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
 
 
 class AccountStore:
@@ -100,6 +122,32 @@ class AccountStore:
                 await conn.execute(select(tenants).where(tenants.c.id == tenant_id))
             ).mappings().first()
         return _tenant(row) if row else None
+
+    async def set_tenant_policy(
+        self,
+        tenant_id: int,
+        *,
+        allow_registration: bool | _Unset | None = UNSET,
+        stranger_messages: bool | _Unset | None = UNSET,
+    ) -> Tenant:
+        """Change a tenant's policies; only the fields given change (None: back to the
+        node's setting).  Returns the tenant as stored; raises NotFound for an unknown one."""
+        values: dict[str, bool | None] = {}
+        if not isinstance(allow_registration, _Unset):
+            values["allow_registration"] = allow_registration
+        if not isinstance(stranger_messages, _Unset):
+            values["stranger_messages"] = stranger_messages
+        async with self._db.writer.begin() as conn:
+            if values:
+                await conn.execute(
+                    update(tenants).where(tenants.c.id == tenant_id).values(**values)
+                )
+            row = (
+                await conn.execute(select(tenants).where(tenants.c.id == tenant_id))
+            ).mappings().first()
+        if row is None:
+            raise NotFound("no such tenant")
+        return _tenant(row)
 
     # -- users -----------------------------------------------------------------
     async def create_user(

@@ -75,6 +75,9 @@ tenants = Table(
     Column("slug", String(64), nullable=False, unique=True),
     Column("name", String(200), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # 0006: per-tenant policies; NULL means "the node's setting".
+    Column("allow_registration", Boolean, nullable=True),
+    Column("stranger_messages", Boolean, nullable=True),
 )
 
 users = Table(
