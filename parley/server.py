@@ -206,7 +206,10 @@ class Node:
             members=MembershipCache(self.conversations, self.clock), router=self.hub,
             limits=self.limits, clock=self.clock, metrics=self.metrics,
             config=MessagingConfig(recall_window_ms=s.recall_window_s * 1000),
-            policy=SendPolicy(SocialStore(db), self.clock, stranger_messages=s.stranger_messages),
+            policy=SendPolicy(
+                SocialStore(db), self.clock, stranger_messages=s.stranger_messages,
+                tenants=self.accounts,
+            ),
         )
         self.front = WebSocketFront(
             self.service, self.hub, self.limits, self.clock, self.metrics,

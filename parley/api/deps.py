@@ -7,6 +7,7 @@ dependencies, never through globals.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,13 +17,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from parley.auth.local import LocalPasswordProvider
 from parley.auth.passwords import PasswordHasher
 from parley.auth.providers import PasswordLogin
+from parley.auth.scopes import SCOPES
 from parley.auth.sessions import SessionService
 from parley.auth.throttle import LoginThrottle
 from parley.auth.tickets import TicketService
 from parley.auth.tokens import AccessClaims, TokenService
 from parley.clock import Clock
 from parley.config import Settings
-from parley.errors import Unauthenticated
+from parley.errors import Forbidden, Unauthenticated
 from parley.hub.hub import LocalHub
 from parley.messaging.service import MessagingService
 from parley.store.accounts import AccountStore
@@ -31,6 +33,7 @@ from parley.store.database import Database
 
 __all__ = [
     "ApiServices", "Caller", "CurrentCaller", "Services", "client_address", "get_services",
+    "require_login_token", "require_scope",
 ]
 
 
@@ -87,6 +90,28 @@ async def current_caller(
 
 
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
+
+
+def require_scope(name: str) -> Callable[[Caller], Awaitable[None]]:
+    """A dependency refusing (403 ``forbidden``, "insufficient_scope: ...") a token
+    whose scope set lacks ``name`` (``parley.auth.scopes``); a first-party login
+    token (no scope claim) passes.  Use as ``dependencies=[Depends(require_scope(X))]``
+    on a router or an operation."""
+    if name not in SCOPES:
+        raise ValueError(f"unknown scope {name!r}")
+
+    async def check(caller: CurrentCaller) -> None:
+        if not caller.claims.allows(name):
+            raise Forbidden(f"insufficient_scope: this needs the {name!r} scope")
+
+    return check
+
+
+async def require_login_token(caller: CurrentCaller) -> None:
+    """A dependency refusing every scoped (OAuth) token: for what no client may be
+    granted (authorizing clients, administering them)."""
+    if caller.claims.scope is not None:
+        raise Forbidden("insufficient_scope: this needs a first-party login token")
 
 
 def client_address(request: Request) -> str:

@@ -40,6 +40,9 @@ __all__ = [
     "RecallPublic",
     "RoleUpdate",
     "SentPublic",
+    "TenantPolicies",
+    "TenantPublic",
+    "TenantUpdate",
     "TransferCreate",
     "UserPublic",
     "UserUpdate",
@@ -304,3 +307,54 @@ class TransferCreate(BaseModel):
     )
 
     user_id: UserId
+
+
+# -- tenant ----------------------------------------------------------------------------
+class TenantPolicies(BaseModel):
+    """The tenant's own settings; null where it follows the node's setting."""
+
+    allow_registration: bool | None = Field(examples=[True])
+    stranger_messages: bool | None = Field(examples=[None])
+
+
+class TenantPublic(BaseModel):
+    """The caller's tenant and the policies in effect for it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "slug": "default", "name": "Default", "allow_registration": True,
+                    "stranger_messages": True,
+                    "own": {"allow_registration": True, "stranger_messages": None},
+                }
+            ]
+        }
+    )
+
+    slug: str = Field(examples=["default"])
+    name: str = Field(examples=["Default"])
+    allow_registration: bool = Field(
+        description="In effect: whether anyone may create an account with "
+        "POST /api/v1/auth/register in this tenant."
+    )
+    stranger_messages: bool = Field(
+        description="In effect: whether users who are not contacts may message each other."
+    )
+    own: TenantPolicies = Field(
+        description="The tenant's own settings (null: the node's setting applies)."
+    )
+
+
+class TenantUpdate(BaseModel):
+    """Policies to change; absent fields stay as they are, null returns a field to the
+    node's setting."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"allow_registration": True, "stranger_messages": False}]},
+    )
+
+    allow_registration: bool | None = None
+    stranger_messages: bool | None = None

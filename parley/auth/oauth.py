@@ -20,9 +20,12 @@ Grants:
   Parley client with the user's bearer token and approves at once.  The consent
   is the tenant administrator's registration of the client.
 
-Access tokens are ordinary Parley access tokens (``TokenService.issue``), so
-every endpoint accepts them; the granted ``scope`` is returned in the token
-response (it is not yet a claim of the token, so endpoints do not check it).
+Scopes: a client is registered with scopes from ``parley.auth.scopes.SCOPES``
+(an unknown name is refused at registration); a request may ask for a subset
+of them (anything else: ``invalid_scope``), and asking for none grants all the
+client's scopes.  Access tokens are ordinary Parley access tokens
+(``TokenService.issue``) carrying the granted set in their ``scope`` claim, so
+every endpoint outside that set refuses them (403 ``insufficient_scope``).
 
 Authlib is synchronous: ``OAuthService`` runs it in a worker thread and each
 storage call it makes is sent back to the event loop.
@@ -55,6 +58,7 @@ from authlib.oauth2.rfc6749.grants import (
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7636 import CodeChallenge
 
+from parley.auth.scopes import SCOPES, unknown_scopes
 from parley.auth.tokens import TokenService
 from parley.clock import Clock
 from parley.errors import BadRequest, Unauthenticated
@@ -292,7 +296,7 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
         uid = user.id if user is not None else client.c.service_user_id
         assert uid is not None
         return {
-            "access_token": self.tokens.issue(client.c.tenant_id, uid),
+            "access_token": self.tokens.issue(client.c.tenant_id, uid, scope=scope),
             "token_type": "Bearer", "expires_in": self.tokens.access_ttl_s, "scope": scope,
         }
 
@@ -346,6 +350,10 @@ class OAuthService:
             raise BadRequest("client_credentials needs a confidential client")
         if "password" in grants and not spec.first_party:
             raise BadRequest("the password grant is for first-party clients only")
+        unknown = unknown_scopes(spec.scopes)
+        if unknown:
+            raise BadRequest(f"scopes: unknown {', '.join(unknown)}; choose from "
+                             f"{', '.join(SCOPES)}")
         for uri in spec.redirect_uris:
             if "#" in uri or ":" not in uri or any(ch.isspace() for ch in uri):
                 raise BadRequest(f"redirect_uris: {uri!r} is not an absolute URI")

@@ -7,7 +7,10 @@
   so a key can be rotated without logging anyone out.
 
 Claims: ``sub`` user id, ``tid`` tenant id, ``sid`` session id, ``jti``, and
-``did`` (the device the session was made for) when the login named one.
+``did`` (the device the session was made for) when the login named one, and
+``scope`` (space-separated, ``parley.auth.scopes``) on tokens issued to OAuth
+clients: ``AccessClaims.scope`` is then that set, and None for a first-party
+login token (no ``scope`` claim: full access).
 
 Revocation: ``verify`` also refuses a token whose session is in the
 ``RevocationList`` it was given (logout, refresh reuse, password change, device
@@ -24,6 +27,7 @@ from typing import Any, Protocol
 
 import jwt
 
+from parley.auth.scopes import parse_scope
 from parley.clock import Clock
 from parley.errors import Unauthenticated
 from parley.store.keys import SigningKey
@@ -45,6 +49,12 @@ class AccessClaims:
     expires_at: int
     jti: str
     device_id: str | None = None
+    scope: frozenset[str] | None = None
+    """The granted scopes; None: a first-party login token (full access)."""
+
+    def allows(self, name: str) -> bool:
+        """True if this token may use scope ``name``."""
+        return self.scope is None or name in self.scope
 
 
 class RevocationCheck(Protocol):
@@ -80,23 +90,31 @@ class TokenService:
 
     def issue(
         self, tenant_id: int, user_id: int, session_id: str | None = None,
-        ttl_s: int | None = None, device_id: str | None = None,
+        ttl_s: int | None = None, device_id: str | None = None, scope: str | None = None,
     ) -> str:
+        """An access token; ``scope`` (space-separated names, possibly empty) limits
+        it to those scopes, None leaves it unlimited (a first-party login)."""
         claims: dict[str, Any] = {
             "sub": str(user_id), "tid": tenant_id, "sid": session_id or secrets.token_hex(8),
         }
         if device_id:
             claims["did"] = device_id
+        if scope is not None:
+            claims["scope"] = " ".join(sorted(parse_scope(scope)))
         return self.sign(claims, self._audience, ttl_s or self.access_ttl_s)
 
     def verify(self, token: str) -> AccessClaims:
         """The token's claims, or Unauthenticated (never says which check failed)."""
         data = self.decode(token, self._audience)
+        raw_scope = data.get("scope")
+        if raw_scope is not None and not isinstance(raw_scope, str):
+            raise Unauthenticated("invalid token")
         try:
             claims = AccessClaims(
                 tenant_id=int(data["tid"]), user_id=int(data["sub"]), session_id=str(data["sid"]),
                 issued_at=int(data["iat"]), expires_at=int(data["exp"]), jti=str(data["jti"]),
                 device_id=str(data["did"]) if "did" in data else None,
+                scope=parse_scope(raw_scope) if raw_scope is not None else None,
             )
         except (KeyError, ValueError, TypeError):
             raise Unauthenticated("invalid token") from None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from parley.api.routes import auth, conversations, groups, oauth, social, users
+from parley.api.routes import auth, conversations, groups, oauth, social, tenant, users
 
 __all__ = ["ROUTERS"]
 
 ROUTERS: tuple[APIRouter, ...] = (
     auth.router, users.router, social.router, groups.router, conversations.router,
-    oauth.router,
+    oauth.router, tenant.router,
 )

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from parley.api.deps import Caller, CurrentCaller, Services, client_address
+from parley.api.deps import Caller, CurrentCaller, Services, client_address, require_scope
 from parley.api.errors import ERROR_RESPONSES, ErrorBody
 from parley.auth.local import MAX_PASSWORD_LENGTH, check_password_policy
+from parley.auth.scopes import ACCOUNT
 from parley.auth.sessions import TokenPair
 from parley.auth.throttle import LoginThrottle, Throttled
 from parley.errors import Forbidden, NotFound, Unauthenticated
@@ -26,6 +27,8 @@ __all__ = ["router"]
 
 _E = {"model": ErrorBody}
 router = APIRouter(prefix="/auth", tags=["auth"], responses=ERROR_RESPONSES)
+# The account-management operations: a scoped (OAuth) token needs the account scope.
+_ACCOUNT = [Depends(require_scope(ACCOUNT))]
 
 _DEVICE = r"^[A-Za-z0-9_-]{1,64}$"
 _SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -202,11 +205,18 @@ async def logout(caller: CurrentCaller, services: Services) -> Response:
                409: {**_E, "description": "Username taken"}},
 )
 async def register(body: RegisterRequest, services: Services) -> RegisteredUser:
-    if not services.settings.allow_registration:
-        raise Forbidden("registration is closed")
+    """Open when the tenant allows it (its own setting, else the node's
+    ``allow_registration``).  While the node's setting is off, an unknown tenant
+    answers 403 as a closed one does, so tenants cannot be probed."""
+    node_open = services.settings.allow_registration
     tenant = await services.accounts.tenant_by_slug(body.tenant or services.settings.tenant)
     if tenant is None:
+        if not node_open:
+            raise Forbidden("registration is closed")
         raise NotFound("no such tenant")
+    own = tenant.allow_registration
+    if not (node_open if own is None else own):
+        raise Forbidden("registration is closed")
     check_password_policy(body.username, body.password)
     digest = await services.hasher.ahash(body.password)
     user = await services.accounts.create_user(
@@ -226,6 +236,7 @@ async def _me(services: Services, caller: Caller) -> User:
 
 @router.post(
     "/password", status_code=204, summary="Change the password; ends the other sessions.",
+    dependencies=_ACCOUNT,
     responses={400: {**_E, "description": "Password policy"},
                403: {**_E, "description": "Current password wrong or not local"},
                429: {**_E, "description": "Too many failed attempts"}},
@@ -250,7 +261,7 @@ async def change_password(
     return Response(status_code=204)
 
 
-@router.get("/sessions", summary="The caller's active login sessions.")
+@router.get("/sessions", summary="The caller's active login sessions.", dependencies=_ACCOUNT)
 async def list_sessions(caller: CurrentCaller, services: Services) -> list[SessionPublic]:
     return [
         SessionPublic(
@@ -264,6 +275,7 @@ async def list_sessions(caller: CurrentCaller, services: Services) -> list[Sessi
 
 @router.delete(
     "/sessions/{session_id}", status_code=204, summary="End one of the caller's sessions.",
+    dependencies=_ACCOUNT,
     responses={404: {**_E, "description": "No such active session"}},
 )
 async def revoke_session(
@@ -277,7 +289,8 @@ async def revoke_session(
     return Response(status_code=204)
 
 
-@router.get("/devices", summary="The caller's devices: known, logged in or online.")
+@router.get("/devices", summary="The caller's devices: known, logged in or online.",
+            dependencies=_ACCOUNT)
 async def list_devices(caller: CurrentCaller, services: Services) -> list[DevicePublic]:
     known = {d.device_id: d for d in
              await services.accounts.list_devices(caller.tenant_id, caller.user_id)}
@@ -298,7 +311,7 @@ async def list_devices(caller: CurrentCaller, services: Services) -> list[Device
 
 
 @router.delete(
-    "/devices/{device_id}", status_code=204,
+    "/devices/{device_id}", status_code=204, dependencies=_ACCOUNT,
     summary="Sign a device out: end its sessions and close its sockets (4001).",
 )
 async def revoke_device(device_id: DeviceId, caller: CurrentCaller, services: Services) -> Response:
@@ -306,7 +319,8 @@ async def revoke_device(device_id: DeviceId, caller: CurrentCaller, services: Se
     return Response(status_code=204)
 
 
-@router.post("/tickets", summary="A one-time ticket proving the caller to a light app.")
+@router.post("/tickets", summary="A one-time ticket proving the caller to a light app.",
+             dependencies=_ACCOUNT)
 async def create_ticket(
     body: TicketRequest, caller: CurrentCaller, services: Services
 ) -> TicketResponse:

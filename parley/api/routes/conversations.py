@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Depends, Header, Path
 
-from parley.api.deps import Caller, CurrentCaller, Services
+from parley.api.deps import Caller, CurrentCaller, Services, require_scope
 from parley.api.routes._common import ERRORS, STRICT_QUERY, Social, message_public, visible_profile
 from parley.api.schemas import (
     ConversationPublic,
@@ -22,6 +22,7 @@ from parley.api.schemas import (
     RecallPublic,
     SentPublic,
 )
+from parley.auth.scopes import MESSAGES_READ, MESSAGES_WRITE
 from parley.errors import Conflict, NotFound
 from parley.messaging.service import SERVER_DEVICE, Actor
 from parley.store.conversations import Conversation, ConversationSummary
@@ -115,7 +116,11 @@ async def _one(
     return (await _publics(social, caller, [summary]))[0]
 
 
-@router.get("", summary="The caller's conversations with last message and unread count.")
+@router.get(
+    "",
+    summary="The caller's conversations with last message and unread count.",
+    dependencies=[Depends(require_scope(MESSAGES_READ))],
+)
 async def list_conversations(
     caller: CurrentCaller,
     services: Services,
@@ -132,6 +137,7 @@ async def list_conversations(
 
 @router.post(
     "/direct",
+    dependencies=[Depends(require_scope(MESSAGES_WRITE))],
     summary="Open (or find) the direct conversation with a user.",
     description="Idempotent: the pair has one direct conversation.  Refused when that user "
     "blocked the caller (404, as for a missing user) or, when the tenant allows no stranger "
@@ -153,14 +159,22 @@ async def open_direct(
     return await _one(services, social, caller, conv.id)
 
 
-@router.get("/{conv_id}", summary="One of the caller's conversations.")
+@router.get(
+    "/{conv_id}",
+    summary="One of the caller's conversations.",
+    dependencies=[Depends(require_scope(MESSAGES_READ))],
+)
 async def get_conversation(
     conv_id: IdPath, caller: CurrentCaller, services: Services, social: Social
 ) -> ConversationPublic:
     return await _one(services, social, caller, conv_id)
 
 
-@router.patch("/{conv_id}", summary="Pin or mute a conversation (for the caller only).")
+@router.patch(
+    "/{conv_id}",
+    summary="Pin or mute a conversation (for the caller only).",
+    dependencies=[Depends(require_scope(MESSAGES_WRITE))],
+)
 async def update_conversation(
     conv_id: IdPath,
     body: ConversationUpdate,
@@ -177,6 +191,7 @@ async def update_conversation(
 
 @router.get(
     "/{conv_id}/messages",
+    dependencies=[Depends(require_scope(MESSAGES_READ))],
     tags=["messages"],
     summary="A page of a conversation's history.",
     description="Ascending by seq.  Without cursors: the newest page; `before`: the page just "
@@ -207,6 +222,7 @@ async def history(
 
 @router.post(
     "/{conv_id}/messages",
+    dependencies=[Depends(require_scope(MESSAGES_WRITE))],
     tags=["messages"],
     summary="Send a message from the server on the caller's behalf (bots, systems).",
     description="The server generates the message id.  Retrying with the same "
@@ -242,6 +258,7 @@ async def send_message(
 
 @router.post(
     "/{conv_id}/messages/{mid}/recall",
+    dependencies=[Depends(require_scope(MESSAGES_WRITE))],
     tags=["messages"],
     summary="Recall a message.",
     description="The sender within the recall window; group owners and admins at any time.",

@@ -7,9 +7,9 @@ and all-muted switch; ``member``s may read, send (unless muted) and leave.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from parley.api.deps import Caller, CurrentCaller, Services
+from parley.api.deps import Caller, CurrentCaller, Services, require_scope
 from parley.api.routes._common import ERRORS, STRICT_QUERY, Social
 from parley.api.schemas import (
     GroupCreate,
@@ -25,13 +25,19 @@ from parley.api.schemas import (
     RoleUpdate,
     TransferCreate,
 )
+from parley.auth.scopes import GROUPS
 from parley.errors import Conflict, Forbidden, NotFound
 from parley.store.conversations import Conversation
 from parley.store.social import SocialStore
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/groups", tags=["groups"], responses=ERRORS, dependencies=STRICT_QUERY)
+router = APIRouter(
+    prefix="/groups",
+    tags=["groups"],
+    responses=ERRORS,
+    dependencies=[*STRICT_QUERY, Depends(require_scope(GROUPS))],
+)
 
 _MANAGERS = ("owner", "admin")
 

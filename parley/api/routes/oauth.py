@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from parley.api.deps import ApiServices, Caller, CurrentCaller, Services
+from parley.api.deps import ApiServices, Caller, CurrentCaller, Services, require_login_token
 from parley.api.errors import ErrorBody
 from parley.auth.oauth import ClientSpec, OAuthResponse, OAuthService
 from parley.errors import Forbidden, Unauthenticated
@@ -137,7 +137,9 @@ async def _admin(services: ApiServices, caller: Caller) -> None:
     status_code=302,
     responses={302: {"description": "Redirect to the client"},
                400: {"model": OAuthError, "description": "Unknown client or redirect URI"},
-               401: {**_E, "description": "Missing or invalid access token"}},
+               401: {**_E, "description": "Missing or invalid access token"},
+               403: {**_E, "description": "A scoped (OAuth) token: insufficient_scope"}},
+    dependencies=[Depends(require_login_token)],
 )
 async def authorize(
     request: Request, services: Services, caller: CurrentCaller, oauth: OAuth,
@@ -194,7 +196,7 @@ async def token(request: Request, oauth: OAuth) -> Response:
 
 @router.post(
     "/clients", status_code=201, summary="Register an OAuth client (tenant administrators).",
-    responses={400: _E, 401: _E, 403: _E, 422: _E},
+    responses={400: _E, 401: _E, 403: _E, 422: _E}, dependencies=[Depends(require_login_token)],
 )
 async def create_client(
     body: ClientCreate, services: Services, caller: CurrentCaller, oauth: OAuth
@@ -210,7 +212,7 @@ async def create_client(
 
 @router.get(
     "/clients", summary="The tenant's OAuth clients (tenant administrators).",
-    responses={401: _E, 403: _E},
+    responses={401: _E, 403: _E}, dependencies=[Depends(require_login_token)],
 )
 async def list_clients(
     services: Services, caller: CurrentCaller, oauth: OAuth

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from parley.api.deps import CurrentCaller, Services
+from parley.api.deps import CurrentCaller, Services, require_scope
 from parley.api.routes._common import ERRORS, STRICT_QUERY, Social, invalidate_pair, visible_profile
 from parley.api.schemas import (
     BlockPublic,
@@ -17,11 +17,16 @@ from parley.api.schemas import (
     OptionalCursor,
     Page,
 )
+from parley.auth.scopes import CONTACTS
 from parley.errors import Conflict, NotFound
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["contacts"], responses=ERRORS, dependencies=STRICT_QUERY)
+router = APIRouter(
+    tags=["contacts"],
+    responses=ERRORS,
+    dependencies=[*STRICT_QUERY, Depends(require_scope(CONTACTS))],
+)
 
 
 def _not_self(caller_id: int, user_id: int) -> None:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from parley.api.deps import CurrentCaller
+from parley.api.deps import CurrentCaller, require_scope
 from parley.api.routes._common import ERRORS, STRICT_QUERY, Social, user_public, visible_profile
 from parley.api.schemas import IdPath, Limit, OptionalCursor, Page, UserPublic, UserUpdate
+from parley.auth.scopes import PROFILE
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/users", tags=["users"], responses=ERRORS, dependencies=STRICT_QUERY)
+router = APIRouter(
+    prefix="/users",
+    tags=["users"],
+    responses=ERRORS,
+    dependencies=[*STRICT_QUERY, Depends(require_scope(PROFILE))],
+)
 
 
 @router.get("/me", summary="The caller's own profile.")
