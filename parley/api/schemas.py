@@ -184,7 +184,10 @@ def _body_schema(kind: str) -> dict[str, Any]:
 def _send_schema(schema: dict[str, Any]) -> None:
     """``MessageSend`` documented as one alternative per kind, so clients (and
     schemathesis) see exactly which body each kind takes."""
-    examples = schema.get("examples")
+    examples = schema.get("examples") or [
+        {"kind": "text", "body": {"text": "Build 812 passed"}},
+        {"kind": "location", "body": {"lat": 48.8584, "lon": 2.2945, "name": "Tour Eiffel"}},
+    ]
     schema.clear()
     schema.update(
         {

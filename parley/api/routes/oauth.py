@@ -175,6 +175,14 @@ async def authorize(
             "properties": {k: {"type": "string"} for k in (
                 "grant_type", "code", "redirect_uri", "code_verifier", "client_id",
                 "client_secret", "scope", "username", "password")},
+        }, "examples": {
+            "authorization_code": {"summary": "Redeem a code (PKCE)", "value": {
+                "grant_type": "authorization_code", "code": "CODE_FROM_REDIRECT",
+                "redirect_uri": "https://app.example.com/callback",
+                "code_verifier": "THE_PKCE_VERIFIER", "client_id": "my-app"}},
+            "client_credentials": {"summary": "A service's own token", "value": {
+                "grant_type": "client_credentials", "client_id": "reporting-bot",
+                "client_secret": "THE_CLIENT_SECRET", "scope": "messages:read"}},
         }}}}},
 )
 async def token(request: Request, oauth: OAuth) -> Response:
