@@ -10,10 +10,10 @@ the commit, so a stale entry can delay a push but never let an outsider write.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from parley.clock import Clock
+from parley.messaging.ttlcache import TtlCache
 from parley.store.conversations import ConversationStore
 
 __all__ = ["ConvMembers", "MembershipCache"]
@@ -36,18 +36,17 @@ class MembershipCache:
         max_entries: int = 100_000, ttl_s: float = 60.0,
     ) -> None:
         self._store = conversations
-        self._clock = clock
-        self._max = max_entries
-        self._ttl = ttl_s
-        self._entries: OrderedDict[tuple[int, int], tuple[float, ConvMembers]] = OrderedDict()
+        self._entries: TtlCache[tuple[int, int], ConvMembers] = TtlCache(
+            clock, ttl_s, max_entries
+        )
         self._loading: dict[tuple[int, int], asyncio.Future[ConvMembers | None]] = {}
 
     async def get(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         """The conversation's members, or None if it does not exist in this tenant."""
         key = (tenant_id, conv_id)
         hit = self._entries.get(key)
-        if hit is not None and hit[0] > self._clock.monotonic():
-            return hit[1]
+        if hit is not None:
+            return hit
         pending = self._loading.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -64,18 +63,12 @@ class MembershipCache:
         finally:
             self._loading.pop(key, None)
         if value is not None:
-            self._entries[key] = (self._clock.monotonic() + self._ttl, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+            self._entries.put(key, value)
         return value
 
     def peek(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         """The cached entry if present and fresh; never loads."""
-        hit = self._entries.get((tenant_id, conv_id))
-        if hit is not None and hit[0] > self._clock.monotonic():
-            return hit[1]
-        return None
+        return self._entries.get((tenant_id, conv_id))
 
     async def _load(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         conv = await self._store.get(tenant_id, conv_id)
@@ -85,4 +78,4 @@ class MembershipCache:
         return ConvMembers(conv_id, conv.kind, ids, frozenset(ids))
 
     def invalidate(self, tenant_id: int, conv_id: int) -> None:
-        self._entries.pop((tenant_id, conv_id), None)
+        self._entries.pop((tenant_id, conv_id))

@@ -14,40 +14,15 @@ node's ``stranger_messages``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from parley.clock import Clock
 from parley.errors import Forbidden
+from parley.messaging.ttlcache import TtlCache
 from parley.store.accounts import Tenant
 from parley.store.social import DirectRule, GroupRules, SocialStore
 
 __all__ = ["SendPolicy", "TenantSource"]
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _TtlCache(Generic[K, V]):
-    def __init__(self, clock: Clock, ttl_s: float, max_entries: int) -> None:
-        self._clock, self._ttl, self._max = clock, ttl_s, max_entries
-        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] > self._clock.monotonic():
-            return hit[1]
-        return None
-
-    def put(self, key: K, value: V) -> None:
-        self._entries[key] = (self._clock.monotonic() + self._ttl, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._entries.pop(key, None)
-
 
 class TenantSource(Protocol):
     async def tenant(self, tenant_id: int) -> Tenant | None:
@@ -65,11 +40,11 @@ class SendPolicy:
         """The node's setting: applies to tenants that have none of their own."""
         self._tenants = tenants
         self._clock = clock
-        self._strangers: _TtlCache[int, bool] = _TtlCache(clock, ttl_s, max_entries)
-        self._direct: _TtlCache[tuple[int, int, int], DirectRule] = _TtlCache(
+        self._strangers: TtlCache[int, bool] = TtlCache(clock, ttl_s, max_entries)
+        self._direct: TtlCache[tuple[int, int, int], DirectRule] = TtlCache(
             clock, ttl_s, max_entries
         )
-        self._groups: _TtlCache[tuple[int, int], GroupRules] = _TtlCache(
+        self._groups: TtlCache[tuple[int, int], GroupRules] = TtlCache(
             clock, ttl_s, max_entries
         )
 

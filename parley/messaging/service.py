@@ -25,7 +25,6 @@ from parley.errors import (
     BadRequest,
     Forbidden,
     IdempotencyConflict,
-    InvalidBody,
     NotFound,
     NotMember,
     ParleyError,
@@ -221,8 +220,8 @@ class MessagingService:
 
         The body is removed in the same transaction that stores a ``recall``
         message (its own seq) which every device receives.  Returns that seq.
-        Recalling an already recalled message is refused with Conflict-free
-        idempotency: it returns a new recall seq only once.
+        Recalling an already recalled message (or a recall) is refused with
+        ``bad_request``, so a message is tombstoned by exactly one recall.
         """
         members = await self._membership(actor, conv)
         target = await self.messages.by_msg_id(actor.tenant_id, mid)
@@ -316,12 +315,13 @@ class MessagingService:
         self, actor: Actor, conv: int, before: int | None, after: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
         """A page of one conversation, ascending.  ``after`` pages forward from a
-        seq; otherwise pages backward from ``before`` (default: the newest)."""
+        seq (stopping below ``before`` when both are given: a window); otherwise
+        pages backward from ``before`` (default: the newest)."""
         await self._membership(actor, conv)
-        if before is not None and after is not None:
-            raise InvalidBody("give either before or after, not both")
         if after is not None:
             msgs = await self.messages.after(actor.tenant_id, conv, after, limit + 1)
+            if before is not None:
+                msgs = [m for m in msgs if m.seq < before]
             return msgs[:limit], len(msgs) > limit
         upper = before if before is not None else 2**53
         msgs = await self.messages.before(actor.tenant_id, conv, upper, limit + 1)

@@ -207,13 +207,7 @@ async def history(
     after: OptionalCursor = None,
     limit: Limit = 50,
 ) -> Page[MessagePublic]:
-    if before is not None and after is not None:  # a window: (after, before)
-        msgs, more = await services.messaging.history(_actor(caller), conv_id, None, after, limit)
-        inside = [m for m in msgs if m.seq < before]
-        more = more and len(inside) == len(msgs)
-        msgs = inside
-    else:
-        msgs, more = await services.messaging.history(_actor(caller), conv_id, before, after, limit)
+    msgs, more = await services.messaging.history(_actor(caller), conv_id, before, after, limit)
     nxt = None
     if more and msgs:
         nxt = msgs[-1].seq if after is not None else msgs[0].seq
