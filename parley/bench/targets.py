@@ -1,0 +1,408 @@
+"""What ``parley bench`` drives: the :class:`Target` seam and Parley's implementation.
+
+The scheduler, checker and report never talk to a server directly; they use
+three small interfaces, so another server (a relay, Synapse, ...) plugs into
+exactly the same measurement with ``--target module:factory``:
+
+* :class:`Target`, in the coordinator process: ``start()`` (start the server
+  if the options ask for it, else check it is there), ``provision(topology)``
+  (create the users and conversations the scenario needs, idempotently, and
+  return :class:`Provisioned`: endpoints, one credential per user, one opaque
+  reference per conversation), ``connector()`` (a *picklable*
+  :class:`Connector` sent to every worker process), ``server_pids()`` /
+  ``metrics_urls()`` (where server RSS and CPU are read) and ``close()`` (stop
+  what ``start`` started).  ``factory(options: TargetOptions) -> Target`` builds it.
+* :class:`Connector`, in each worker process: ``await connect(...)`` opens one
+  authenticated connection for one user and returns a
+  :class:`TargetConnection` once the server accepted it, or raises
+  :class:`ConnectFailed` with a short stable ``code`` (counted by code).
+* :class:`TargetConnection`: ``send(conv, payload, token)`` never blocks and
+  never raises; ``close()`` begins closing.  Outcomes come back through the
+  :class:`Events` the bench passed to ``connect``.
+
+Guarantees a target must give, or the checker reports it as a failure:
+
+* ``payload`` is at most 64 ASCII bytes of ``[0-9.]``; it must come back
+  byte for byte in ``Events.delivered`` on every *other* member's connection
+  (never on the sender's own: filter self-echoes).
+* every ``send`` ends in exactly one ``Events.acked(token)`` (the server
+  accepted the message durably, or whatever the target's "sent" means) or one
+  ``Events.failed(token, code)``, unless the connection closes first
+  (``Events.closed``); ``token`` is an int in ``[0, 2**53)``, unique per
+  connection.
+* ``Events.delivered`` is called once per message after the protocol's own
+  de-duplication (Parley: by ``(conv, seq)``); anything delivered twice after
+  that is a duplicate the checker counts.
+* callbacks run on the worker's event loop and must not block.
+
+All calls happen on one event loop per worker process (uvloop), so
+implementations need no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, cast
+
+import msgspec
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSHandshakeError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
+
+from parley.protocol import Ack, Msg, Send, Sent, Welcome, decode_server_frame, encode
+from parley.protocol.frames import ErrorFrame
+
+__all__ = [
+    "ConnectFailed",
+    "Connector",
+    "Events",
+    "ParleyConnector",
+    "Provisioned",
+    "Target",
+    "TargetConnection",
+    "TargetOptions",
+    "Topology",
+    "load_target",
+]
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The users and conversations a scenario needs.
+
+    Users are indices ``0 .. users-1``; ``directs`` are pairs of users with one
+    direct (1:1) conversation each; ``groups`` list each group's members (the
+    first is its owner).  ``run_id`` (``[a-z0-9]{1,16}``) names the run: the
+    same ``run_id`` and topology must give back the same users and conversations.
+    """
+
+    run_id: str
+    users: int
+    directs: tuple[tuple[int, int], ...] = ()
+    groups: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    """What ``Target.provision`` made: everything a worker needs to connect and send.
+
+    ``urls``: endpoints; the bench spreads users over them (user ``i`` uses
+    ``urls[i % len(urls)]``).  ``credentials[i]``: opaque to the bench (a token,
+    a password...).  ``directs[k]`` / ``groups[k]``: opaque conversation
+    references passed back to ``TargetConnection.send``.
+    """
+
+    urls: tuple[str, ...]
+    credentials: tuple[str, ...]
+    directs: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOptions:
+    """Command-line options a target factory receives; each target uses what applies.
+
+    ``urls``: ``--url`` values (empty with ``start``); ``start``/``backend``:
+    ``--start [--backend]``; ``database_url``/``data_dir``/``config_file``: where
+    the server keeps its data (for provisioning); ``server_pids``:
+    ``--server-pid``; ``extra``: ``--target-opt KEY=VALUE`` pairs.
+    """
+
+    urls: tuple[str, ...] = ()
+    start: bool = False
+    backend: str = "sqlite"
+    database_url: str | None = None
+    data_dir: str | None = None
+    config_file: str | None = None
+    server_pids: tuple[int, ...] = ()
+    max_connections: int = 20_000
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class ConnectFailed(Exception):
+    """A connection attempt failed; ``code`` is short and stable (counted by code)."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+
+
+class Events(Protocol):
+    """What one connection reports to the bench.  Called on the event loop; never block."""
+
+    def acked(self, token: int) -> None:
+        """The send ``token`` was accepted by the server."""
+        ...
+
+    def failed(self, token: int, code: str) -> None:
+        """The send ``token`` was refused with ``code``."""
+        ...
+
+    def delivered(self, payload: bytes) -> None:
+        """A message of another user arrived; ``payload`` exactly as it was sent."""
+        ...
+
+    def closed(self, code: int, reason: str) -> None:
+        """The connection is gone (once, after the last other callback)."""
+        ...
+
+
+class TargetConnection(Protocol):
+    """One open, authenticated connection of one user."""
+
+    def send(self, conv: str, payload: bytes, token: int) -> None:
+        """Send ``payload`` to conversation ``conv``; never blocks, never raises."""
+        ...
+
+    def close(self) -> None:
+        """Begin closing; ``Events.closed`` follows."""
+        ...
+
+
+class Connector(Protocol):
+    """Opens connections in a worker process.  Must be picklable (workers are spawned)."""
+
+    async def connect(self, user: int, credential: str, url: str, local_host: str,
+                      events: Events, keepalive_s: float | None) -> TargetConnection:
+        """Open ``user``'s connection from source address ``local_host`` (port 0).
+
+        Returns once the server accepted it (Parley: after ``welcome``); raises
+        :class:`ConnectFailed`.  ``keepalive_s``: ping when idle this long (None: never).
+        """
+        ...
+
+
+class Target(Protocol):
+    """A server under test, seen from the coordinator process."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Start the server if the options ask for it; else check it answers."""
+        ...
+
+    async def provision(self, topology: Topology) -> Provisioned:
+        """Create (or find again) the users and conversations of ``topology``."""
+        ...
+
+    def connector(self) -> Connector:
+        """A picklable connector for the worker processes."""
+        ...
+
+    def server_pids(self) -> list[int]:
+        """Pids of the server processes (for RSS and CPU from /proc); [] if unknown."""
+        ...
+
+    def metrics_urls(self) -> list[str]:
+        """Prometheus endpoints with ``process_*`` metrics, used when no pid is known."""
+        ...
+
+    async def close(self) -> None:
+        """Stop what ``start`` started; safe to call after a failed start."""
+        ...
+
+
+TargetFactory = Callable[[TargetOptions], Target]
+
+
+def load_target(spec: str, options: TargetOptions) -> Target:
+    """Build the target named ``module:factory`` (``parley`` is Parley's own)."""
+    if spec == "parley":
+        from parley.bench.parley_target import ParleyTarget
+
+        return ParleyTarget(options)
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--target must be 'parley' or 'module:factory', got {spec!r}")
+    factory: Any = getattr(importlib.import_module(module_name), attr)
+    target: Target = factory(options)
+    return target
+
+
+# --------------------------------------------------------------------------- Parley
+
+
+_TEXT: Final = WSMsgType.TEXT
+_CLOSE: Final = WSMsgType.CLOSE
+_ACK_DELAY_S: Final = 0.05
+_TEXT_OPEN: Final = b'{"text":"'
+_TEXT_CLOSE: Final = b'"}'
+
+
+@dataclass(frozen=True, slots=True)
+class ParleyConnector:
+    """Parley's :class:`Connector`: a raw picows client speaking protocol v1.
+
+    Lighter than the SDK's ``ParleyClient`` (no outbox, no sync, no reconnect):
+    one listener object per connection, frames decoded with
+    ``parley.protocol.decode_server_frame`` and encoded with ``encode``.
+    ``credential`` is an access token.
+    """
+
+    device: str = "bench"
+    connect_timeout_s: float = 10.0
+    read_buffer: int = 2048
+
+    async def connect(self, user: int, credential: str, url: str, local_host: str,
+                      events: Events, keepalive_s: float | None) -> TargetConnection:
+        ping: dict[str, Any] = {}
+        if keepalive_s:
+            ping = {"enable_auto_ping": True, "auto_ping_idle_timeout": keepalive_s,
+                    "auto_ping_reply_timeout": min(keepalive_s, 10.0)}
+        sep = "&" if "?" in url else "?"
+        try:
+            async with asyncio.timeout(self.connect_timeout_s + 1.0):
+                _, listener = await ws_connect(
+                    lambda: ParleyConnection(events, self.device),
+                    f"{url}{sep}device={self.device}",
+                    extra_headers={"Authorization": f"Bearer {credential}"},
+                    websocket_handshake_timeout=self.connect_timeout_s, max_redirects=0,
+                    read_buffer_init_size=self.read_buffer, local_addr=(local_host, 0),
+                    logger_name="parley.bench.picows", **ping,
+                )
+                assert isinstance(listener, ParleyConnection)
+                await listener.welcomed
+        except WSHandshakeError as exc:
+            status = int(exc.response.status) if exc.response is not None else 0
+            raise ConnectFailed(f"http_{status}" if status else "handshake", str(exc)) from None
+        except TimeoutError:
+            raise ConnectFailed("timeout") from None
+        except (OSError, WSError) as exc:
+            code = getattr(exc, "errno", None)
+            raise ConnectFailed(f"os_{code}" if code else type(exc).__name__, str(exc)) from None
+        return listener
+
+
+class ParleyConnection(WSListener):
+    """One Parley connection: sends ``send`` frames, acks pushes (batched), reports events.
+
+    Pushes are de-duplicated by ``(conv, seq)`` as the protocol asks (re-pushes
+    are counted in ``repushed``, not delivered twice); the device acks the
+    highest contiguous seq of each conversation every 50 ms while messages flow.
+    """
+
+    __slots__ = ("_ack_due", "_convs", "_device", "_events", "_nonce", "_pending", "_uid",
+                 "_ws", "closed_code", "repushed", "welcomed")
+
+    def __init__(self, events: Events, device: str) -> None:
+        self._events = events
+        self._device = device
+        self._ws: WSTransport | None = None
+        self._uid = 0
+        self._nonce = secrets.token_hex(3)
+        self._convs: dict[str, int] = {}
+        self._pending: dict[int, list[int]] = {}  # conv -> [contiguous seq, *early seqs]
+        self._ack_due: set[int] = set()
+        self.repushed = 0
+        self.closed_code: int | None = None
+        self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- TargetConnection --------------------------------------------------------
+    def send(self, conv: str, payload: bytes, token: int) -> None:
+        ws = self._ws
+        if ws is None or self.closed_code is not None:
+            return
+        cid = self._convs.get(conv)
+        if cid is None:
+            cid = self._convs[conv] = int(conv)
+        mid = f"1.{self._uid}.{self._device}.{_now_ms()}.{self._nonce}{token:010d}"
+        frame = Send(rid=token, conv=cid, mid=mid, kind="text",
+                     body=msgspec.Raw(_TEXT_OPEN + payload + _TEXT_CLOSE))
+        ws.send(_TEXT, encode(frame))
+
+    def close(self) -> None:
+        if self._ws is not None and self.closed_code is None:
+            self._flush_acks()
+            self.closed_code = 1000
+            self._ws.send_close(WSCloseCode.OK)
+            self._ws.disconnect()
+
+    # -- picows ------------------------------------------------------------------
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._ws = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is not _TEXT:
+            if frame.msg_type is _CLOSE:
+                self.closed_code = int(frame.get_close_code().value) or 1005
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+            return
+        try:
+            f = decode_server_frame(frame.get_payload_as_bytes())
+        except Exception:  # noqa: BLE001 - unknown frame types are skipped (protocol §1)
+            return
+        t = type(f)
+        if t is Msg:
+            self._on_msg(cast(Msg, f))
+        elif t is Sent:
+            self._events.acked(cast(Sent, f).rid)
+        elif t is ErrorFrame:
+            err = cast(ErrorFrame, f)
+            if err.rid is not None:
+                self._events.failed(err.rid, err.code)
+        elif t is Welcome:
+            self._uid = cast(Welcome, f).uid
+            if not self.welcomed.done():
+                self.welcomed.set_result(None)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        code = self.closed_code if self.closed_code is not None else 1006
+        self.closed_code = code
+        if not self.welcomed.done():
+            self.welcomed.set_exception(ConnectFailed(f"closed_{code}"))
+        self._events.closed(code, "")
+
+    # -- receiving ---------------------------------------------------------------
+    def _on_msg(self, m: Msg) -> None:
+        state = self._pending.get(m.conv)
+        if state is None:
+            state = self._pending[m.conv] = [m.seq - 1]
+        top = state[0]
+        seq = m.seq
+        if seq <= top or seq in state[1:]:
+            self.repushed += 1
+            return
+        if seq == top + 1:
+            state[0] = seq
+            if len(state) > 1:
+                early = sorted(state[1:])
+                while early and early[0] == state[0] + 1:
+                    state[0] = early.pop(0)
+                state[1:] = early
+        else:
+            state.append(seq)
+        if not self._ack_due:
+            asyncio.get_running_loop().call_later(_ACK_DELAY_S, self._flush_acks)
+        self._ack_due.add(m.conv)
+        if m.sender != self._uid:
+            body = bytes(m.body)
+            self._events.delivered(body[len(_TEXT_OPEN):-len(_TEXT_CLOSE)])
+
+    def _flush_acks(self) -> None:
+        ws = self._ws
+        if ws is None or self.closed_code is not None:
+            self._ack_due.clear()
+            return
+        for conv in self._ack_due:
+            ws.send(_TEXT, encode(Ack(conv=conv, seq=self._pending[conv][0])))
+        self._ack_due.clear()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
