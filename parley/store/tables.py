@@ -42,6 +42,8 @@ __all__ = [
     "devices",
     "external_identities",
     "idempotency_keys",
+    "job_leases",
+    "job_runs",
     "members",
     "messages",
     "metadata",
@@ -350,4 +352,37 @@ used_tickets = Table(
     Column("jti", String(64), primary_key=True),
     Column("expires_at", BigInteger, nullable=False),
     Index(None, "expires_at"),
+)
+
+# -- 0007: scheduled jobs ----------------------------------------------------------------
+# One row per job: the newest tick claimed and the fencing token it was claimed with.  A
+# claim carrying an older token than the one stored here is refused (a deposed leader
+# that still believes it leads cannot run a job).
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("job", String(64), primary_key=True),
+    Column("last_tick", BigInteger, nullable=False),
+    Column("fencing_token", BigInteger, nullable=False),
+    Column("holder", String(128), nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# One row per claimed (job, tick): the unique constraint is what makes a tick run once
+# across the cluster.  ``outcome`` ("ok" | "error") and ``finished_at`` stay NULL while
+# the run is going (or forever, if its node died during it).
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job", String(64), nullable=False),
+    Column("tick", BigInteger, nullable=False),
+    Column("node_id", String(128), nullable=False),
+    Column("fencing_token", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Column("items", BigInteger, nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("job", "tick"),
 )
