@@ -25,6 +25,7 @@ import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from parley.protocol import CloseCode
@@ -61,6 +62,7 @@ class Lifecycle:
     ) -> None:
         self._session = session
         self._url = url
+        self._seed_url = url
         self._token = token
         self._device = device_id
         self._reconnect = reconnect
@@ -120,7 +122,29 @@ class Lifecycle:
                     await asyncio.shield(link.closed)
 
     async def _open(self) -> Link:
-        """Open a connection and wait for its ``welcome``; raise on any failure."""
+        """Open a connection and wait for its ``welcome``, following cluster
+        redirects (a ``reconnect`` frame with reason ``moved``, then close 4010);
+        raise on any failure.  A failure on a redirected address sends the next
+        attempt back to the address the client started from, which knows where the
+        user lives now (the node it was sent to may be gone)."""
+        for _ in range(MAX_REDIRECTS):
+            try:
+                return await self._open_once()
+            except ConnectionFailed:
+                hint = self._session.reconnect_hint
+                self._session.reconnect_hint = None
+                if hint is not None and hint.reason == "moved" and hint.url:
+                    self._url = with_device(hint.url, self._device)
+                    continue
+                if self._url == self._seed_url:
+                    raise
+                log.info("parley client %s: %s unreachable, back to %s",
+                         self._device, self._url, self._seed_url)
+                self._url = self._seed_url
+        self._url = self._seed_url
+        raise ConnectionFailed(f"redirected more than {MAX_REDIRECTS} times")
+
+    async def _open_once(self) -> Link:
         session = self._session
         token = await resolve_token(self._token)
         link = Link(session)
@@ -215,6 +239,10 @@ class Lifecycle:
         except TimeoutError:
             pass
         return self._closing or self._session.finished
+
+
+MAX_REDIRECTS: Final = 5
+"""Redirects followed in one connection attempt (a map change mid-attempt costs one)."""
 
 
 def with_device(url: str, device_id: str) -> str:

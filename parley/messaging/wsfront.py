@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,9 @@ class WebSocketFront:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         self._welcome_limits = limits.welcome(recall_window_ms=service.config.recall_window_ms)
+        self.placement: Callable[[int], str | None] | None = None
+        """In a cluster: the WebSocket URL of the node serving a user id, or None when
+        this node serves it (set by the node; None on a single node)."""
 
     def mono_ms(self) -> int:
         return int(self.clock.monotonic() * 1000)
@@ -178,8 +181,32 @@ class WebSocketFront:
         for s in list(self.sessions.values()):
             s.conn.send(frame)
 
+    def evict_moved(self) -> int:
+        """Send every session whose user this node no longer serves to its new node
+        (``reconnect`` frame with reason ``moved``, then close 4010); the device
+        reconnects there and syncs.  Called after the cluster's slot map changed."""
+        placement = self.placement
+        if placement is None:
+            return 0
+        n = 0
+        for session in list(self.sessions.values()):
+            url = placement(session.user_id)
+            if url is not None and not session.conn.closed:
+                self._redirect(session.conn, url)
+                n += 1
+        return n
+
+    def _redirect(self, conn: Connection, url: str) -> None:
+        conn.send(encode(Reconnect(reason="moved", after_ms=0, url=url)))
+        conn.close(CloseCode.MOVED, "moved")
+
     # -- SessionHandler ------------------------------------------------------------
     def on_open(self, conn: Connection) -> None:
+        if self.placement is not None:
+            url = self.placement(conn.principal.user_id)
+            if url is not None:
+                self._redirect(conn, url)
+                return
         session = DeviceSession(self, conn)
         self.sessions[conn.id] = session
         try:

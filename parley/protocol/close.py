@@ -25,6 +25,7 @@ class CloseCode(IntEnum):
     SESSION_REVOKED = 4001  # token or device revoked: do not reconnect; sign in again
     SLOW_CONSUMER = 4008  # client fell too far behind: reconnect, then sync
     TOO_MANY_CONNECTIONS = 4009  # too many sockets for this user/device: close others first
+    MOVED = 4010  # the user lives on another node: reconnect at once to the reconnect frame's url
     RATE_LIMITED = 4029  # sustained flooding: reconnect after a longer backoff
 
 
