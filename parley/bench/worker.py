@@ -1,0 +1,303 @@
+"""One load worker process: its share of connections and of the open-loop schedule.
+
+Spawned by the coordinator with a :class:`WorkerSpec`; runs uvloop; talks to
+the coordinator over a ``multiprocessing`` pipe:
+
+* worker -> coordinator: ``("report", Report)`` every ``interval`` seconds
+  (cumulative counters, histogram deltas), ``("ready", Report)`` once every
+  connection attempt finished, ``("summary", (senders, streams))`` on
+  ``check``, ``("bye", Report)`` before exiting.
+* coordinator -> worker: ``("run", t0_ns, duration_s, rate)``,
+  ``("interval", seconds)``, ``("check",)``, ``("finish",)``.
+
+**Open loop**: send number ``i`` is due at ``t0 + i / rate`` whatever
+happened to earlier sends; latencies are measured from that intended time, so
+a stall (server or client) shows up in the percentiles instead of silently
+slowing the schedule.  ``lag`` records how late the worker itself was.
+
+The garbage collector is frozen and disabled once the connections are open
+(a collection pauses the client for 20-200 ms and would fake latency); the
+hot path creates no reference cycles.  The worker exits on its own at its
+hard deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from parley.bench.checker import ReceiveChecker, SendLedger
+from parley.bench.targets import ConnectFailed, Connector, TargetConnection
+
+__all__ = ["Report", "UserSpec", "WorkerSpec", "new_histogram", "worker_main"]
+
+HIST_MAX_US = 60_000_000
+
+
+def new_histogram() -> HdrHistogram:
+    """Latency in microseconds, 1 µs .. 60 s, 3 significant digits."""
+    return HdrHistogram(1, HIST_MAX_US, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class UserSpec:
+    index: int
+    credential: str
+    url: str
+    conv: str | None
+    """Where this user sends (None: it only receives)."""
+    fanout: int
+    """How many receivers each of its messages has."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    index: int
+    connector: Connector
+    users: tuple[UserSpec, ...]
+    local_host: str
+    keepalive_s: float | None
+    connect_concurrency: int
+    deadline_s: float
+    interval_s: float = 1.0
+
+
+@dataclass(slots=True)
+class Report:
+    worker: int
+    t_ns: int
+    conns_open: int = 0
+    conns_failed: int = 0
+    connect_attempts: int = 0
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    delivered: int = 0
+    expected: int = 0
+    duplicates: int = 0
+    cpu_s: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    closes: dict[int, int] = field(default_factory=dict)
+    ack_hist: bytes = b""
+    deliver_hist: bytes = b""
+    connect_hist: bytes = b""
+    lag_hist: bytes = b""
+
+
+class _User:
+    """One bench user in a worker: its connection's :class:`Events`, and its sends."""
+
+    __slots__ = ("conn", "conv", "fanout", "index", "inflight", "next_seq", "w")
+
+    def __init__(self, w: _Worker, spec: UserSpec) -> None:
+        self.w = w
+        self.index = spec.index
+        self.conv = spec.conv
+        self.fanout = spec.fanout
+        self.conn: TargetConnection | None = None
+        self.next_seq = 1
+        self.inflight = w.ledger.open(spec.index) if spec.conv is not None else {}
+
+    def send(self, intended_ns: int) -> None:
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        w = self.w
+        w.ledger.sent(self.index, seq, intended_ns)
+        w.sent += 1
+        if self.conn is not None and self.conv is not None:
+            self.conn.send(self.conv, b"%d.%d.%d" % (self.index, seq, intended_ns), seq)
+
+    # -- Events ------------------------------------------------------------------
+    def acked(self, token: int) -> None:
+        t0 = self.inflight.pop(token, None)
+        w = self.w
+        if t0 is None:
+            w.errors["unexpected_ack"] += 1
+            return
+        w.acked += 1
+        w.expected += self.fanout
+        w.ack_hist.record_value(min((time.monotonic_ns() - t0) // 1000 or 1, HIST_MAX_US))
+
+    def failed(self, token: int, code: str) -> None:
+        w = self.w
+        w.ledger.failed(self.index, token)
+        w.failed += 1
+        w.errors[code] += 1
+
+    def delivered(self, payload: bytes) -> None:
+        w = self.w
+        s, q, t = payload.split(b".")
+        w.delivered += 1
+        w.deliver_hist.record_value(
+            min((time.monotonic_ns() - int(t)) // 1000 or 1, HIST_MAX_US))
+        w.checker.record(int(s), self.index, int(q))
+
+    def closed(self, code: int, reason: str) -> None:
+        w = self.w
+        if self.conn is not None:
+            w.conns_open -= 1
+            self.conn = None
+        w.closes[code] += 1
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec, pipe: Connection) -> None:
+        self.spec = spec
+        self.pipe = pipe
+        self.ledger = SendLedger()
+        self.checker = ReceiveChecker()
+        self.users = [_User(self, u) for u in spec.users]
+        self.senders = [u for u in self.users if u.conv is not None]
+        self.sent = self.acked = self.failed = self.delivered = self.expected = 0
+        self.conns_open = self.conns_failed = self.connect_attempts = 0
+        self.errors: Counter[str] = Counter()
+        self.closes: Counter[int] = Counter()
+        self.ack_hist = new_histogram()
+        self.deliver_hist = new_histogram()
+        self.connect_hist = new_histogram()
+        self.lag_hist = new_histogram()
+        self.interval_s = spec.interval_s
+        self.commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    # -- reporting ------------------------------------------------------------------
+    def report(self) -> Report:
+        r = Report(
+            worker=self.spec.index, t_ns=time.monotonic_ns(), conns_open=self.conns_open,
+            conns_failed=self.conns_failed, connect_attempts=self.connect_attempts,
+            sent=self.sent, acked=self.acked, failed=self.failed, delivered=self.delivered,
+            expected=self.expected, duplicates=self.checker.duplicates, cpu_s=time.process_time(),
+            errors=dict(self.errors), closes=dict(self.closes),
+            ack_hist=_take(self.ack_hist), deliver_hist=_take(self.deliver_hist),
+            connect_hist=_take(self.connect_hist), lag_hist=_take(self.lag_hist),
+        )
+        return r
+
+    async def reporter(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.pipe.send(("report", self.report()))
+
+    def on_command(self) -> None:
+        while self.pipe.poll():
+            try:
+                self.commands.put_nowait(self.pipe.recv())
+            except EOFError:
+                self.commands.put_nowait(("finish",))
+                asyncio.get_running_loop().remove_reader(self.pipe.fileno())
+                return
+
+    # -- phases ---------------------------------------------------------------------
+    async def connect_all(self) -> None:
+        sem = asyncio.Semaphore(self.spec.connect_concurrency)
+        connector = self.spec.connector
+        local = self.spec.local_host
+        keepalive = self.spec.keepalive_s
+
+        async def one(u: _User, spec: UserSpec) -> None:
+            async with sem:
+                self.connect_attempts += 1
+                t0 = time.monotonic_ns()
+                try:
+                    conn = await connector.connect(u.index, spec.credential, spec.url, local, u,
+                                                   keepalive)
+                except ConnectFailed as exc:
+                    self.conns_failed += 1
+                    self.errors[f"connect_{exc.code}"] += 1
+                    return
+                self.connect_hist.record_value(
+                    min((time.monotonic_ns() - t0) // 1000 or 1, HIST_MAX_US))
+                u.conn = conn
+                self.conns_open += 1
+
+        await asyncio.gather(*(one(u, s) for u, s in zip(self.users, self.spec.users,
+                                                          strict=True)))
+
+    async def run(self, t0_ns: int, duration_s: float, rate: float) -> None:
+        end = t0_ns + int(duration_s * 1e9)
+        senders = self.senders
+        if rate <= 0 or not senders:
+            await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
+            return
+        n = len(senders)
+        step = 1e9 / rate
+        i = 0
+        lag = self.lag_hist
+        now = time.monotonic_ns
+        while True:
+            due = t0_ns + int(i * step)
+            if due >= end:
+                return
+            t = now()
+            if due <= t:
+                lag.record_value(min((t - due) // 1000 or 1, HIST_MAX_US))
+                while due <= t and due < end:
+                    senders[i % n].send(due)
+                    i += 1
+                    due = t0_ns + int(i * step)
+            await asyncio.sleep(max(0.0, (due - now()) / 1e9))
+
+    def close_all(self) -> None:
+        for u in self.users:
+            if u.conn is not None:
+                u.conn.close()
+
+
+def _take(h: HdrHistogram) -> bytes:
+    """Encode and reset (an interval's delta)."""
+    if h.get_total_count() == 0:
+        return b""
+    data: bytes = h.encode()
+    h.reset()
+    return data
+
+
+async def _main(spec: WorkerSpec, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    loop.call_later(spec.deadline_s, os._exit, 3)
+    w = _Worker(spec, pipe)
+    loop.add_reader(pipe.fileno(), w.on_command)
+    await w.connect_all()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    pipe.send(("ready", w.report()))
+    reporter = asyncio.create_task(w.reporter())
+    try:
+        while True:
+            cmd = await w.commands.get()
+            if cmd[0] == "run":
+                await w.run(cmd[1], cmd[2], cmd[3])
+                pipe.send(("ran", w.report()))
+            elif cmd[0] == "interval":
+                w.interval_s = float(cmd[1])
+            elif cmd[0] == "check":
+                pipe.send(("report", w.report()))
+                pipe.send(("summary", (w.ledger.summary(), w.checker.summary())))
+            elif cmd[0] == "finish":
+                break
+    finally:
+        reporter.cancel()
+        w.close_all()
+        await asyncio.sleep(0.2)
+        gc.enable()
+        pipe.send(("bye", w.report()))
+
+
+def worker_main(spec: WorkerSpec, pipe: Connection) -> None:
+    """Entry point of a spawned worker process."""
+    import uvloop
+
+    try:
+        uvloop.run(_main(spec, pipe))
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        pipe.close()
