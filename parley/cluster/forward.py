@@ -1,4 +1,4 @@
-"""What one node forwards to another over a link: typed records, encoded once per batch.
+"""The inter-node link's wire: the records nodes forward to each other, and the frames.
 
 Each kind mirrors a call the receiving node makes on its own hub or caches:
 
@@ -21,6 +21,31 @@ Each kind mirrors a call the receiving node makes on its own hub or caches:
 ``cost()`` is an upper bound of a record's encoded size (msgpack ints take at
 most 9 bytes, a header at most 5, a UTF-8 character at most 4): the link uses it
 to bound its queues in bytes and its frames in size without encoding twice.
+
+Frames
+------
+A frame is a 4-byte big-endian length and a msgpack body (msgspec structs,
+array-like, tagged; nothing is unpickled).  A connection opens with a mutual
+challenge-response, pure functions here (``challenge``, ``answer``,
+``verify_auth``), driven by ``links.py``::
+
+    dialer -> Hello(version, node, instance, nonce, to, pos, dropped)
+    acceptor -> Challenge(node, instance, nonce, server MAC)   # or closes
+    dialer -> Auth(client MAC)                                 # or closes
+    acceptor -> Ready                                          # or closes
+
+Each MAC is HMAC-SHA256 with the cluster secret over a role label, both node
+ids, both instance ids and both nonces (fresh 16 random bytes per connection
+and side, so nothing can be replayed), compared in constant time; the two roles
+use different labels, so neither MAC can be reflected.  Then the dialer sends
+``Batch(first, dropped, items)`` and ``Ping(next, dropped)``, the acceptor
+``Pong``: a link carries records one way only.  ``pos``/``first``/``next`` are
+stream positions and ``dropped`` the sender's drop count, per sender process;
+the receiver compares them with what it saw to detect losses.
+
+Without TLS the handshake proves who connected, but the frames after it are
+neither encrypted nor signed: keep links on a private network, or give
+``Links`` TLS contexts where an on-path attacker is possible.
 """
 
 from __future__ import annotations
@@ -47,17 +72,21 @@ __all__ = [
     "DeliverEvent",
     "DeliverMessage",
     "Forward",
+    "HandshakeFailed",
     "Hello",
     "Invalidate",
     "Ping",
     "Pong",
     "Ready",
+    "answer",
+    "challenge",
     "data_decoder",
     "deliver_locally",
     "encoder",
     "frame",
     "handshake_decoder",
     "sign",
+    "verify_auth",
 ]
 
 _HEAD = 16  # array header + tag
@@ -222,3 +251,37 @@ def deliver_locally(hub: LocalHub, fwd: Forward) -> int | None:
             fwd.tenant_id, fwd.user_id, fwd.code, fwd.reason, fwd.session_id, fwd.device_id
         )
     return None
+
+
+class HandshakeFailed(Exception):
+    """The other end is not a node of this cluster, or does not speak this protocol."""
+
+
+def challenge(secret: bytes, hello: Hello, node: str, instance: str, nonce: bytes
+              ) -> Challenge:
+    """Acceptor ``node``: check a ``Hello`` and prove we hold the secret."""
+    if hello.version != VERSION:
+        raise HandshakeFailed(f"version {hello.version}")
+    if hello.to != node or hello.node == node or not hello.node:
+        raise HandshakeFailed(f"misaddressed hello from {hello.node!r} to {hello.to!r}")
+    if len(hello.nonce) != NONCE_BYTES:
+        raise HandshakeFailed("bad nonce")
+    return Challenge(node, instance, nonce, sign(secret, "server", hello, node, instance, nonce))
+
+
+def answer(secret: bytes, hello: Hello, ch: Challenge, expected_node: str) -> Auth:
+    """Dialer: check the acceptor's proof, then prove we hold the secret."""
+    if ch.node != expected_node or len(ch.nonce) != NONCE_BYTES:
+        raise HandshakeFailed(f"expected {expected_node!r}, reached {ch.node!r}")
+    want = sign(secret, "server", hello, ch.node, ch.instance, ch.nonce)
+    if not hmac.compare_digest(want, ch.mac):
+        raise HandshakeFailed("bad MAC (wrong cluster secret?)")
+    return Auth(sign(secret, "client", hello, ch.node, ch.instance, ch.nonce))
+
+
+def verify_auth(secret: bytes, hello: Hello, auth: Auth, node: str, instance: str,
+                nonce: bytes) -> None:
+    """Acceptor: check the dialer's proof (for the challenge we sent)."""
+    want = sign(secret, "client", hello, node, instance, nonce)
+    if not hmac.compare_digest(want, auth.mac):
+        raise HandshakeFailed("bad MAC (wrong cluster secret?)")

@@ -16,14 +16,15 @@ Delivery contract (what a caller of ``send`` may rely on)
   or bytes; the queue stops draining while the socket's write buffer is above
   its high-water mark), or when it alone exceeds a frame.  Records queued or in
   flight when a connection ends are discarded.
-* Every loss is *detected by the receiver*: each batch and heartbeat carries
-  the sender's stream position and drop count, so the receiving node gets
-  ``on_gap(peer, restarted=False)`` at the next batch or heartbeat after a loss
-  (within ``heartbeat_s`` of the link being up), and ``on_gap(peer,
-  restarted=True)`` when the peer came back as a new process (a new instance
-  id in the handshake).  The receiver then resyncs what it keeps on the peer's
-  word: e.g. drop its membership cache, reload revocations from the database
-  and close sockets of revoked logins.
+* Every loss is *detected by the receiver*: the handshake, each batch and each
+  heartbeat carry the sender's stream position and drop count (per sender
+  process), so the receiving node gets ``on_gap(peer, restarted=False)`` at the
+  reconnect, batch or heartbeat that follows a loss (within ``heartbeat_s`` of
+  the link being up), and ``on_gap(peer, restarted=True)`` when the peer came
+  back as a new process (a new instance id in the handshake).  The receiver
+  then resyncs what it keeps on the peer's word: e.g. drop its membership
+  cache, reload revocations from the database and close sockets of revoked
+  logins.
 * Why dropping is right here: messages are in the database before they are
   forwarded, so a device that misses a push gets it from its session's re-push
   or from sync; events are best effort by the Router contract; cache
@@ -34,18 +35,20 @@ Delivery contract (what a caller of ``send`` may rely on)
 
 Wire format
 -----------
-Frames are a 4-byte big-endian length and a msgpack body (msgspec structs,
-array-like, tagged; nothing is unpickled).  A connection opens with a mutual
-challenge-response: ``Hello`` (dialer node, instance, nonce) -> ``Challenge``
-(acceptor node, instance, nonce, server MAC) -> ``Auth`` (client MAC) ->
-``Ready``.  Each MAC is HMAC-SHA256 with the cluster secret over a role label,
-both node ids, both instance ids and both nonces, compared in constant time;
-the two roles use different labels, so neither MAC can be reflected.  Until
-``Ready`` a frame may hold at most 1 KiB and the whole handshake must finish
-within ``handshake_timeout_s``; anything else closes the socket at once.  After
-it, frames are capped at ``max_frame`` (checked on the length prefix, so a
-connection never buffers more than one frame).  TLS may be layered underneath
-(``server_ssl`` / ``client_ssl``); the HMAC handshake runs either way.
+Length-prefixed msgpack frames and an HMAC challenge-response handshake, both
+described in ``forward.py``.  Until the handshake ends a frame may hold at most
+1 KiB and the handshake must finish within ``handshake_timeout_s``; anything
+else closes the socket at once.  After it, frames are capped at ``max_frame``
+(checked on the length prefix, so a connection never buffers more than one
+frame).  TLS may be layered underneath (``server_ssl`` / ``client_ssl``); the
+HMAC handshake runs either way.
+
+Liveness
+--------
+The dialer pings every ``heartbeat_s``; the acceptor answers.  A connection
+that has received nothing for ``dead_after_s`` (a stopped or partitioned peer)
+is closed: ``on_peer_down``, then reconnection with exponential backoff and
+jitter (``backoff_min_s`` doubling up to ``backoff_max_s``).
 
 Cost
 ----
@@ -53,7 +56,11 @@ Everything queued for a peer in one event-loop iteration leaves as one
 ``transport.write`` (one ``Batch`` frame per ``batch_bytes``), encoded with one
 ``encode_into``; the receiver decodes a batch in one call and hands the list to
 its handler.  The queue is bounded by an upper estimate of each record's size
-(``cost()``), so nothing is encoded twice.
+(``cost()``), so nothing is encoded twice.  Measured (uvloop, loopback, two
+processes, ``DeliverMessage`` with a 150-byte frame and 2 users; CPU of send
+through write, and of read through the handler call, per CPU-second): sender
+0.9M / 1.45M / 2.5M, receiver 1.4M / 2.6M / 4.7M for 10 / 100 / 1,000 records
+per loop turn; 135k / 280k with one record per turn (a write per record).
 
 Metrics
 -------
@@ -66,7 +73,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import random
 import secrets
@@ -86,15 +92,18 @@ from parley.cluster.forward import (
     Batch,
     Challenge,
     Forward,
+    HandshakeFailed,
     Hello,
     Ping,
     Pong,
     Ready,
+    answer,
+    challenge,
     data_decoder,
     encoder,
     frame,
     handshake_decoder,
-    sign,
+    verify_auth,
 )
 
 __all__ = ["LinkConfig", "LinkHandler", "LinkServer", "LinkStats", "Links", "PeerLink", "PeerStats"]
@@ -104,6 +113,7 @@ _log = logging.getLogger("parley.cluster.links")
 _HS_MAX_FRAME: Final = 1024
 _pack_len = LENGTH.pack_into
 _unpack_len = LENGTH.unpack_from
+
 
 # -- public records ---------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -184,10 +194,6 @@ class LinkHandler(Protocol):
     def on_peer_down(self, peer: str) -> None:
         """The link to ``peer`` went down; sends are dropped until ``on_peer_up``."""
         ...
-
-
-class _HandshakeFailed(Exception):
-    pass
 
 
 # -- one connection -----------------------------------------------------------------
@@ -275,8 +281,8 @@ class _Conn(asyncio.Protocol):
             body = bytes(buf[pos + 4 : stop])
             pos = stop
             try:
-                self._onframe(body)
-            except (msgspec.DecodeError, _HandshakeFailed) as exc:
+                self._on_frame(body)
+            except (msgspec.DecodeError, HandshakeFailed) as exc:
                 self.fail(str(exc))
                 return
             if self.state == _CLOSED:
@@ -300,7 +306,7 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and self.state != _CLOSED:
             self.transport.write(frame(msg))
 
-    def _onframe(self, body: bytes) -> None:
+    def _on_frame(self, body: bytes) -> None:
         state = self.state
         if state == _UP:
             msg = data_decoder.decode(body)
@@ -312,49 +318,30 @@ class _Conn(asyncio.Protocol):
                     assert self.transport is not None
                     self.transport.write(PONG)
                 else:
-                    raise _HandshakeFailed("unexpected frame")
+                    raise HandshakeFailed("unexpected frame")
             elif type(msg) is not Pong:
-                raise _HandshakeFailed("unexpected frame on an outbound link")
+                raise HandshakeFailed("unexpected frame on an outbound link")
             return
         hs = handshake_decoder.decode(body)
         links = self.links
         if state == _HELLO and type(hs) is Hello:
-            if hs.version != VERSION:
-                raise _HandshakeFailed(f"version {hs.version}")
-            if hs.to != links.node_id or hs.node == links.node_id or not hs.node:
-                raise _HandshakeFailed(f"misaddressed hello from {hs.node!r} to {hs.to!r}")
-            if len(hs.nonce) != NONCE_BYTES:
-                raise _HandshakeFailed("bad nonce")
-            self.hello = hs
-            server_mac = sign(links.secret, "server", hs, links.node_id, links.instance, self.nonce)
-            self.state = _AUTH
-            self.send_frame(Challenge(links.node_id, links.instance, self.nonce, server_mac))
+            self.send_frame(challenge(links.secret, hs, links.node_id, links.instance, self.nonce))
+            self.hello, self.state = hs, _AUTH
         elif state == _AUTH and type(hs) is Auth:
             assert self.hello is not None
-            want = sign(links.secret, "client", self.hello, links.node_id, links.instance,
-                        self.nonce)
-            if not hmac.compare_digest(want, hs.mac):
-                raise _HandshakeFailed("bad MAC (wrong cluster secret?)")
+            verify_auth(links.secret, self.hello, hs, links.node_id, links.instance, self.nonce)
             self._up(self.hello.node, self.hello.instance)
             self.send_frame(Ready())
             links._inbound_up(self)
         elif state == _CHALLENGE and type(hs) is Challenge:
             assert self.hello is not None
-            if hs.node != self.peer_node or len(hs.nonce) != NONCE_BYTES:
-                raise _HandshakeFailed(f"expected {self.peer_node!r}, reached {hs.node!r}")
-            want = sign(links.secret, "server", self.hello, hs.node, hs.instance, hs.nonce)
-            if not hmac.compare_digest(want, hs.mac):
-                raise _HandshakeFailed("bad MAC (wrong cluster secret?)")
-            self.peer_instance = hs.instance
-            self.state = _READY
-            self.send_frame(
-                Auth(sign(links.secret, "client", self.hello, hs.node, hs.instance, hs.nonce))
-            )
+            self.send_frame(answer(links.secret, self.hello, hs, self.peer_node))
+            self.peer_instance, self.state = hs.instance, _READY
         elif state == _READY and type(hs) is Ready:
             self._up(self.peer_node, self.peer_instance)
             self.ready.set_result(True)
         else:
-            raise _HandshakeFailed(f"unexpected {type(hs).__name__}")
+            raise HandshakeFailed(f"unexpected {type(hs).__name__}")
 
     def _up(self, node: str, instance: str) -> None:
         self.peer_node, self.peer_instance = node, instance
@@ -395,19 +382,29 @@ class PeerLink:
             self._run(), name=f"link {self.links.node_id}->{self.node_id}"
         )
 
+    def retire(self) -> None:
+        """Stop at once: ``on_peer_down`` now if it was up, no callback after; the
+        socket closes in ``close``."""
+        if self._task is not None:
+            self._task.cancel()
+        was_up = self.state is _LINK_UP
+        self.state = self.stats.state = _DOWN
+        self._discard()
+        if was_up:
+            self.links._call("on_peer_down", self.node_id)
+
     async def close(self) -> None:
-        """Stop reconnecting and close the connection (``on_peer_down`` if it was up)."""
+        """``retire``, then close the connection."""
+        self.retire()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         conn = self._conn
         if conn is not None and conn.transport is not None:
             conn.transport.abort()
             await conn.closed
-        self._conn_lost(conn)
-        self.state = self.stats.state = _DOWN
+        self._conn = None
 
     # -- hot path ------------------------------------------------------------------
     def send(self, fwd: Forward) -> bool:
@@ -470,13 +467,16 @@ class PeerLink:
         if conn is not self._conn or conn is None:
             return
         self._conn = None
-        self.stats.discarded += len(self._queue)
-        self._dropped += len(self._queue)  # the receiver sees the gap
-        self._queue = []
-        self._qbytes = 0
+        self._discard()
         if self.state == _LINK_UP:
             self.state = self.stats.state = _DOWN
             self.links._call("on_peer_down", self.node_id)
+
+    def _discard(self) -> None:
+        self.stats.discarded += len(self._queue)
+        self._dropped += len(self._queue)  # the receiver will see the gap
+        self._queue = []
+        self._qbytes = 0
 
     def _heartbeat(self, now: float) -> None:
         conn = self._conn
@@ -660,15 +660,17 @@ class Links:
         if self._ticker is None:
             raise RuntimeError("Links.start() first")
         loop = self._loop
+        wanted = {n: (str(a[0]), int(a[1])) for n, a in peers.items() if n != self.node_id}
         for node_id, link in list(self._peers.items()):
-            if peers.get(node_id) != link.addr:
+            if wanted.get(node_id) != link.addr:
                 del self._peers[node_id]
+                link.retire()  # its on_peer_down comes before the new link's on_peer_up
                 task = loop.create_task(link.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-        for node_id, addr in peers.items():
-            if node_id != self.node_id and node_id not in self._peers:
-                link = self._peers[node_id] = PeerLink(self, node_id, (addr[0], int(addr[1])))
+        for node_id, addr in wanted.items():
+            if node_id not in self._peers:
+                link = self._peers[node_id] = PeerLink(self, node_id, addr)
                 link.start()
 
     def send(self, node_id: str, fwd: Forward) -> bool:

@@ -55,6 +55,7 @@ class Recorder:
         self.gaps: list[tuple[str, bool]] = []
         self.ups: list[tuple[str, str, bool]] = []
         self.downs: list[str] = []
+        self.events: list[str] = []
 
     def on_forwards(self, peer: str, forwards: list[Forward]) -> None:
         self.forwards.setdefault(peer, []).extend(forwards)
@@ -65,9 +66,11 @@ class Recorder:
 
     def on_peer_up(self, peer: str, instance: str, restarted: bool) -> None:
         self.ups.append((peer, instance, restarted))
+        self.events.append(f"up {peer}")
 
     def on_peer_down(self, peer: str) -> None:
         self.downs.append(peer)
+        self.events.append(f"down {peer}")
 
     def got(self, peer: str) -> list[Forward]:
         return self.forwards.get(peer, [])
@@ -176,6 +179,11 @@ async def test_peers_follow_the_cluster_map(cluster) -> None:
     a.set_peers({"a": a.address, "b": b.address})
     await until(lambda: a.is_up("b"))
     assert rec(a).ups[-1] == ("b", b.instance, False)  # the same process: no restart
+    a.set_peers({"b": ("localhost", b.address[1])})  # a new address for the same node
+    assert rec(a).events[-1] == "down b"  # at once, before the new link can come up
+    await until(lambda: a.is_up("b"))
+    assert rec(a).events == ["up b", "down b", "up b", "down b", "up b"]
+    await until(lambda: len(b._conns) == 1, what="b to drop the replaced connection")
 
 
 # -- authentication and hostile input ------------------------------------------------------
