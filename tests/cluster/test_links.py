@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -295,6 +296,56 @@ async def test_a_reflected_server_mac_is_refused(cluster) -> None:
     assert await _closed_by_peer(reader) == b""
     writer.close()
     assert "p" not in t.stats().peers
+
+
+# -- TLS underneath ------------------------------------------------------------------------
+def _tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "parley-link")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "link.pem").write_bytes(pem + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "link.pem")
+    client = ssl.create_default_context(cadata=pem.decode())
+    return server, client
+
+
+async def test_links_run_over_tls(tmp_path: Path) -> None:
+    server_ctx, client_ctx = _tls_contexts(tmp_path)
+    a = Links("a", SECRET, ("127.0.0.1", 0), Recorder(), config=FAST, client_ssl=client_ctx)
+    b = Links("b", SECRET, ("127.0.0.1", 0), Recorder(), config=FAST, server_ssl=server_ctx)
+    try:
+        await a.start()
+        await b.start()
+        a.set_peers({"b": b.address})
+        await until(lambda: a.is_up("b"))
+        sent = [msg(i) for i in range(100)]
+        for fwd in sent:
+            a.send("b", fwd)
+        await until(lambda: rec(b).got("a") == sent)
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 # -- backpressure --------------------------------------------------------------------------
