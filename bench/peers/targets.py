@@ -11,7 +11,10 @@ With ``--start`` the target starts its server (from ``bench/peers/.venv``, or
 Synapse's own virtualenv; run ``bench/peers/setup.sh`` once) and stops it in
 ``close``; without it, it checks the server at ``--url`` answers.
 ``--target-opt port=N`` moves the port; ``--target-opt pg=DSN`` changes the
-relay's database.
+relay's database; ``--target-opt ordered=0`` runs the Socket.IO relay with
+python-socketio's default of one task per event, which reorders a sender's
+messages once INSERTs overlap (the default here handles one client's events in
+order: ``async_handlers=False``).
 
 The clients are as light as Parley's own bench connection, so the server is
 what is measured: Socket.IO is spoken as raw Engine.IO v4 packets over picows
@@ -162,7 +165,10 @@ class SocketioTarget(_ServerTarget):
     path = "/socket.io/?EIO=4&transport=websocket"
 
     def command(self) -> list[str]:
-        return [_peers_python(), str(HERE / "relay_socketio.py"), "--port", str(self.port)]
+        cmd = [_peers_python(), str(HERE / "relay_socketio.py"), "--port", str(self.port)]
+        if self.options.extra.get("ordered", "1") == "0":
+            cmd.append("--unordered")
+        return cmd
 
     def connector(self) -> Connector:
         return SocketioConnector()
@@ -420,8 +426,32 @@ class SynapseTarget(_ServerTarget):
                 return await _direct_room(self.host, self.port, topology.run_id, a, b, users)
 
         rooms = await asyncio.gather(*(room(a, b) for a, b in topology.directs))
+        for pid in self.server_pids():
+            await _settle(pid)
         return Provisioned(urls=(self.url,), credentials=tuple(f"{u} {t}" for u, t in users),
                            directs=tuple(rooms))
+
+
+async def _settle(pid: int, busy_pct: float = 15.0, limit_s: float = 60.0) -> None:
+    """Wait (at most ``limit_s``) until ``pid`` stays under ``busy_pct`` of a core for 2 s.
+
+    Synapse keeps working in the background for a while after users and rooms
+    are created (user directory, stats); the measurement starts once it is idle.
+    """
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    quiet, deadline = 0, time.monotonic() + limit_s
+    try:
+        last = cpu_s()
+        while quiet < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            now = cpu_s()
+            quiet = quiet + 1 if (now - last) * 100 < busy_pct else 0
+            last = now
+    except OSError:
+        return
 
 
 def _shared_secret() -> str:

@@ -1,0 +1,178 @@
+"""Run Parley and the peers back to back under the same load; print the ratios.
+
+For each server: ``parley bench max --scenario chat`` (the highest step whose
+p99 send->ack stays within the bound with nothing lost, duplicated or
+reordered), then ``parley bench chat`` at one fixed rate for latencies.  Each
+run starts its server (``--start``) and stops it afterwards, so only one
+server runs at a time.  Writes ``summary.json``, ``summary.md`` and every
+run's JSON into ``--out``, and prints the table.
+
+    bench/peers/compare.sh [--quick] [--peers parley,socketio,...] [--step 5] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PARLEY = ROOT / ".venv" / "bin" / "parley"
+PARLEY_PG = "postgresql://parley_bench:parley_bench@127.0.0.1:5432/parley_bench"
+
+
+@dataclass(frozen=True)
+class Server:
+    key: str
+    label: str
+    target: list[str]  # parley bench options selecting and starting it
+    start_rate: float  # first step of the max search
+    fixed_rate: float  # the latency run's rate (a rate it can sustain)
+
+
+SERVERS = {
+    s.key: s for s in (
+        Server("parley", "Parley (PostgreSQL)", ["--backend", "postgres"], 500, 1000),
+        Server("socketio", "python-socketio relay, stores nothing",
+               ["--target", "bench.peers.targets:socketio"], 500, 1000),
+        Server("socketio_pg", "python-socketio relay + awaited INSERT",
+               ["--target", "bench.peers.targets:socketio_pg"], 250, 1000),
+        Server("synapse", "Matrix Synapse (PostgreSQL)",
+               ["--target", "bench.peers.targets:synapse"], 5, 20),
+        Server("picows", "raw picows relay (ceiling)",
+               ["--target", "bench.peers.targets:picows"], 1000, 1000),
+    )
+}
+
+
+def run_bench(args: list[str], out: Path, log: Path, timeout_s: float) -> dict[str, Any] | None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PARLEY_DATABASE_URL": PARLEY_PG}
+    cmd = [str(PARLEY), "bench", *args, "--start", "--quiet", "--json", str(out)]
+    print("  $", " ".join(cmd[1:]), flush=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        try:
+            subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,  # noqa: S603 - fixed argv
+                           timeout=timeout_s, check=False, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            f.write("compare: timed out\n")
+    if not out.exists():
+        print(f"  failed: see {log}", flush=True)
+        return None
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def measure(s: Server, a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    log = out / f"{s.key}.log"
+    common = [*s.target, "--users", str(a.users)]
+    steps = a.max_steps
+    mx = run_bench(["max", "--scenario", "chat", *common, "--p99-ms", str(a.p99_ms),
+                    "--start-rate", str(s.start_rate * a.rate_scale), "--factor", str(a.factor),
+                    "--step", str(a.step), "--max-steps", str(steps)],
+                   out / f"{s.key}-max.json", log, 300 + steps * (a.step + 20))
+    rate = s.fixed_rate
+    fx = run_bench(["chat", *common, "--rate", str(rate), "--duration", str(a.duration)],
+                   out / f"{s.key}-chat.json", log, 300 + a.duration * 3)
+    row: dict[str, Any] = {"server": s.key, "label": s.label, "fixed_rate": rate}
+    if mx is not None:
+        passing = [st for st in mx.get("steps", []) if st["rate"] == mx["max_rate_per_s"]]
+        best = passing[-1] if passing else {}
+        row |= {"max_rate_per_s": mx["max_rate_per_s"],
+                "max_throughput_per_s": best.get("throughput_per_s", 0.0),
+                "max_deliveries_per_s": best.get("deliveries_per_s", 0.0),
+                "max_ack_p99_ms": best.get("ack_ms", {}).get("p99"),
+                "server_cpu_us_per_msg": best.get("server_cpu_us_per_msg"),
+                "stop_reason": mx.get("stop_reason"),
+                "failed_step": _failure(mx["steps"][-1]) if mx.get("steps") and
+                mx.get("stop_reason") != "max steps reached" else None}
+    if fx is not None:
+        row |= {"ack_ms": fx["ack_ms"], "deliver_ms": fx["deliver_ms"],
+                "fixed_lost": fx["lost"], "fixed_duplicated": fx["duplicated"],
+                "fixed_reordered": fx["reordered"], "fixed_unacked": fx["unacked"],
+                "fixed_server_cpu_us_per_msg": fx["server"]["cpu_us_per_msg"],
+                "client_lag_p99_ms": fx["client"]["lag_ms"]["p99"]}
+    return row
+
+
+def _failure(step: dict[str, Any]) -> str:
+    bits = [f"at {step['rate']:g}/s: ack p99 {step['ack_ms']['p99']:.1f} ms"]
+    bits += [f"{k} {step[k]}" for k in ("lost", "duplicated", "reordered", "unacked") if step[k]]
+    if not step.get("drained", True):
+        bits.append("not drained")
+    return ", ".join(bits)
+
+
+def table(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
+    parley = next((r for r in rows if r["server"] == "parley"), None)
+    base = parley.get("max_rate_per_s") if parley else None
+    lines = [
+        f"chat, {a.users} users in 1:1 pairs, open loop; max = highest step (x{a.factor} per "
+        f"{a.step:g} s step) with p99 send->ack <= {a.p99_ms:g} ms and nothing lost, "
+        "duplicated or reordered; latencies at the fixed rate shown.",
+        "",
+        "| server | max msg/s | Parley / server | fixed rate | send->ack p50 / p99 ms "
+        "| send->deliver p50 / p99 ms | server CPU µs/msg | stopped because |",
+        "|---|---:|---:|---:|---|---|---:|---|",
+    ]
+    for r in rows:
+        mx = r.get("max_rate_per_s")
+        ratio = f"{base / mx:.2f}x" if base and mx else "-"
+        ack, dlv = r.get("ack_ms"), r.get("deliver_ms")
+        lat = (f"{ack['p50']:.2f} / {ack['p99']:.2f}" if ack else "-",
+               f"{dlv['p50']:.2f} / {dlv['p99']:.2f}" if dlv else "-")
+        cpu = r.get("server_cpu_us_per_msg")
+        lines.append(
+            f"| {r['label']} | {mx if mx is not None else 'failed':} | "
+            f"{ratio if r['server'] != 'parley' else '1.00x'} | {r['fixed_rate']:g}/s | "
+            f"{lat[0]} | {lat[1]} | {f'{cpu:.0f}' if cpu else '-'} | "
+            f"{r.get('failed_step') or r.get('stop_reason') or '-'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--peers", default=",".join(SERVERS),
+                   help=f"comma-separated, in order [default: {','.join(SERVERS)}]")
+    p.add_argument("--users", type=int, default=100, help="even; pairs = users / 2")
+    p.add_argument("--step", type=float, default=5.0, help="seconds per max step")
+    p.add_argument("--factor", type=float, default=1.15, help="rate multiplier per step")
+    p.add_argument("--max-steps", type=int, default=30)
+    p.add_argument("--rate-scale", type=float, default=1.0,
+                   help="multiply every server's first max step (to skip low steps)")
+    p.add_argument("--p99-ms", type=float, default=50.0)
+    p.add_argument("--duration", type=float, default=10.0, help="fixed-rate run, seconds")
+    p.add_argument("--quick", action="store_true", help="--step 2 --duration 5")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results directory [default: bench/peers/results/<time>]")
+    a = p.parse_args()
+    if a.quick:
+        a.step, a.duration = 2.0, 5.0
+    keys = [k.strip() for k in a.peers.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SERVERS]
+    if unknown:
+        p.error(f"unknown peers {unknown}; choose from {list(SERVERS)}")
+    out = a.out or ROOT / "bench" / "peers" / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in keys:
+        print(f"== {SERVERS[k].label}", flush=True)
+        rows.append(measure(SERVERS[k], a, out))
+        (out / "summary.json").write_text(json.dumps(
+            {"params": {k: str(v) for k, v in vars(a).items()}, "rows": rows}, indent=2))
+    md = table(rows, a)
+    (out / "summary.md").write_text(md + "\n")
+    print(md)
+    print(f"\nresults in {out}")
+    sys.exit(0 if all(r.get("max_rate_per_s") for r in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
