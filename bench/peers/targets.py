@@ -37,9 +37,10 @@ import re
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -221,7 +222,8 @@ async def _port_open(host: str, port: int) -> bool:
 # --------------------------------------------------------------------------- WebSocket clients
 
 
-async def _ws_open(factory: Any, url: str, local_host: str, keepalive_s: float | None) -> Any:
+async def _ws_open(factory: Callable[[], C], url: str, local_host: str,
+                   keepalive_s: float | None) -> C:
     timeout = 10.0
     ping: dict[str, Any] = {}
     if keepalive_s:
@@ -233,6 +235,7 @@ async def _ws_open(factory: Any, url: str, local_host: str, keepalive_s: float |
                 factory, url, websocket_handshake_timeout=timeout, max_redirects=0,
                 read_buffer_init_size=2048, local_addr=(local_host, 0), **ping,
             )
+            assert isinstance(listener, _WsConnection)
             await listener.ready
     except WSHandshakeError as exc:
         status = int(exc.response.status) if exc.response is not None else 0
@@ -242,7 +245,7 @@ async def _ws_open(factory: Any, url: str, local_host: str, keepalive_s: float |
     except (OSError, WSError) as exc:
         code = getattr(exc, "errno", None)
         raise ConnectFailed(f"os_{code}" if code else type(exc).__name__, str(exc)) from None
-    return listener
+    return cast(C, listener)
 
 
 class _WsConnection(WSListener):
@@ -285,6 +288,9 @@ class _WsConnection(WSListener):
             self.closed_code = 1000
             self.ws.send_close(WSCloseCode.OK)
             self.ws.disconnect()
+
+
+C = TypeVar("C", bound=_WsConnection)
 
 
 class _SioMsg(msgspec.Struct):
