@@ -39,6 +39,7 @@ class Common:
     data_dir: str | None
     database_url: str | None
     server_pids: tuple[int, ...]
+    metrics_urls: tuple[str, ...]
     target: str
     target_opts: dict[str, str]
     workers: int
@@ -82,6 +83,8 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--server-pid", "server_pids", type=int, multiple=True,
                      help="Pid of a node process (RSS/CPU from /proc; repeatable); "
                      "without it, /metrics is read."),
+        click.option("--metrics-url", "metrics_urls", multiple=True, metavar="URL",
+                     help="A node's /metrics (repeatable) [default: gateway port - 1]."),
         click.option("--target", default="parley", show_default=True,
                      help="'parley' or module:factory of another Target."),
         click.option("--target-opt", "target_opts", multiple=True, metavar="KEY=VALUE",
@@ -127,6 +130,9 @@ def _make_common(kw: dict[str, Any]) -> Common:
     run_id = kw.pop("run_id") or secrets.token_hex(4)
     if re.fullmatch(r"[a-z0-9]{1,16}", run_id) is None:
         raise click.UsageError("--run-id: 1-16 characters of [a-z0-9]")
+    for u in kw["metrics_urls"]:
+        if not _loopback(u):
+            _fail(f"refusing {u}: the bench only reads loopback addresses", EXIT_USAGE)
     return Common(urls=urls, target_opts=opts, run_id=run_id, server_pids=tuple(
         kw.pop("server_pids")), **kw)
 
@@ -242,6 +248,8 @@ def _execute(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
 
     deadline = c.deadline_s or (120 + shape.topology.users / 100
                                 + sum(p.duration_s + c.drain_s + 5 for p in phases))
+    params = {**params, "backend": c.backend if c.start else None, "urls": list(c.urls),
+              "run_id": c.run_id, "workers": c.workers or None, "drain_s": c.drain_s}
     try:
         result = uvloop.run(_go(c, scenario, params, shape, phases, bound, deadline))
     except TimeoutError:
@@ -272,6 +280,7 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
     options = TargetOptions(
         urls=c.urls, start=c.start, backend=c.backend, database_url=c.database_url,
         data_dir=c.data_dir, config_file=c.config_file, server_pids=c.server_pids,
+        metrics_urls=tuple(c.metrics_urls),
         max_connections=max(20_000, shape.topology.users + 100), extra=c.target_opts,
     )
     target = load_target(c.target, options)

@@ -70,6 +70,7 @@ class NodeProcess:
         self.schema: str | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._pg_dsn = ""
+        self._pump: Any = None
         self.output: list[str] = []
 
     async def start(self, deadline_s: float = 60.0) -> None:
@@ -104,7 +105,7 @@ class NodeProcess:
         for line in self.proc.stdout:
             self.output.append(line)
             if _SERVING.search(line):
-                threading_drain(self.proc.stdout, self.output)
+                self._pump = threading_drain(self.proc.stdout, self.output)
                 return line
         return ""
 
@@ -128,6 +129,11 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 await asyncio.to_thread(self.proc.wait, 10)
+        if self._pump is not None:
+            await asyncio.to_thread(self._pump.join, 10)
+            self._pump = None
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
         if self.schema:
             await _pg_exec(self._pg_dsn, f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
             self.schema = None
@@ -136,7 +142,7 @@ class NodeProcess:
             self._tmp = None
 
 
-def threading_drain(stream: Any, sink: list[str]) -> None:
+def threading_drain(stream: Any, sink: list[str]) -> Any:
     """Keep reading the node's output in a daemon thread (so its pipe never fills)."""
     import threading
 
@@ -145,7 +151,9 @@ def threading_drain(stream: Any, sink: list[str]) -> None:
             if len(sink) < 10_000:
                 sink.append(line)
 
-    threading.Thread(target=pump, daemon=True, name="node-output").start()
+    thread = threading.Thread(target=pump, daemon=True, name="node-output")
+    thread.start()
+    return thread
 
 
 async def _pg_exec(dsn: str, sql: str) -> None:
@@ -210,7 +218,7 @@ class ParleyTarget:
                 {"data_dir": Path(o.data_dir) if o.data_dir else None,
                  "database_url": o.database_url},
             )
-            self._metrics = [_metrics_url(u) for u in self._urls]
+            self._metrics = list(o.metrics_urls) or [_metrics_url(u) for u in self._urls]
 
     async def provision(self, topology: Topology) -> Provisioned:
         assert self._settings is not None

@@ -62,7 +62,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     cl = r.get("client", {})
     if cl:
         lines.append(f"client CPU {cl.get('cpu_s', 0):.1f} s "
-                     f"({cl.get('cpu_us_per_msg', 0):.1f} µs per message sent or delivered), "
+                     f"({cl.get('cpu_us_per_msg') or 0:.1f} µs per message sent or delivered), "
                      f"lag p99 {cl.get('lag_ms', {}).get('p99', 0):.2f} ms")
     if "max_rate_per_s" in r:
         lines.append(f"highest sustained rate: {r['max_rate_per_s']:g} msg/s "

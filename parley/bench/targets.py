@@ -120,7 +120,8 @@ class TargetOptions:
     ``urls``: ``--url`` values (empty with ``start``); ``start``/``backend``:
     ``--start [--backend]``; ``database_url``/``data_dir``/``config_file``: where
     the server keeps its data (for provisioning); ``server_pids``:
-    ``--server-pid``; ``extra``: ``--target-opt KEY=VALUE`` pairs.
+    ``--server-pid``; ``metrics_urls``: ``--metrics-url``; ``extra``:
+    ``--target-opt KEY=VALUE`` pairs.
     """
 
     urls: tuple[str, ...] = ()
@@ -130,6 +131,7 @@ class TargetOptions:
     data_dir: str | None = None
     config_file: str | None = None
     server_pids: tuple[int, ...] = ()
+    metrics_urls: tuple[str, ...] = ()
     max_connections: int = 20_000
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -291,9 +293,11 @@ class ParleyConnector:
 class ParleyConnection(WSListener):
     """One Parley connection: sends ``send`` frames, acks pushes (batched), reports events.
 
-    Pushes are de-duplicated by ``(conv, seq)`` as the protocol asks (re-pushes
-    are counted in ``repushed``, not delivered twice); the device acks the
-    highest contiguous seq of each conversation every 50 ms while messages flow.
+    Pushes are de-duplicated by ``(conv, seq)`` and handed on in seq order, as
+    the protocol asks a client to show them (an early message waits for the gap
+    below it; re-pushes are counted in ``repushed``, not delivered twice); the
+    device acks the highest contiguous seq of each conversation every 50 ms
+    while messages flow.
     """
 
     __slots__ = ("_ack_due", "_convs", "_device", "_events", "_nonce", "_pending", "_uid",
@@ -306,7 +310,7 @@ class ParleyConnection(WSListener):
         self._uid = 0
         self._nonce = secrets.token_hex(3)
         self._convs: dict[str, int] = {}
-        self._pending: dict[int, list[int]] = {}  # conv -> [contiguous seq, *early seqs]
+        self._pending: dict[int, list[Any]] = {}  # conv -> [contiguous seq, {seq: early Msg}]
         self._ack_due: set[int] = set()
         self.repushed = 0
         self.closed_code: int | None = None
@@ -372,24 +376,25 @@ class ParleyConnection(WSListener):
     def _on_msg(self, m: Msg) -> None:
         state = self._pending.get(m.conv)
         if state is None:
-            state = self._pending[m.conv] = [m.seq - 1]
-        top = state[0]
+            state = self._pending[m.conv] = [m.seq - 1, {}]
         seq = m.seq
-        if seq <= top or seq in state[1:]:
+        if seq <= state[0] or seq in state[1]:
             self.repushed += 1
             return
-        if seq == top + 1:
-            state[0] = seq
-            if len(state) > 1:
-                early = sorted(state[1:])
-                while early and early[0] == state[0] + 1:
-                    state[0] = early.pop(0)
-                state[1:] = early
-        else:
-            state.append(seq)
+        if seq != state[0] + 1:  # early: hold it until the gap fills (protocol §8)
+            state[1][seq] = m
+            return
+        self._deliver(m)
+        state[0] = seq
+        early = state[1]
+        while early and state[0] + 1 in early:
+            state[0] += 1
+            self._deliver(early.pop(state[0]))
         if not self._ack_due:
             asyncio.get_running_loop().call_later(_ACK_DELAY_S, self._flush_acks)
         self._ack_due.add(m.conv)
+
+    def _deliver(self, m: Msg) -> None:
         if m.sender != self._uid:
             body = bytes(m.body)
             self._events.delivered(body[len(_TEXT_OPEN):-len(_TEXT_CLOSE)])
