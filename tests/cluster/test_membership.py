@@ -331,6 +331,23 @@ def test_a_minority_cannot_change_the_map_and_heals_to_the_same_map(cluster) -> 
     assert {(s["map"], s["epoch"]) for s in statuses} == {(before["map"], before["epoch"])}
 
 
+def test_whole_cluster_restart_keeps_the_map_from_the_raft_journals(cluster) -> None:
+    members = cluster(3)
+    statuses = wait_until(lambda: converged(members, balanced(3)), 15, "three voters to agree")
+    for m in members:
+        m.kill()
+    for m in members:
+        m.spawn()
+    for m in members:
+        m.wait_started()
+    fence = statuses[0]["fencing"][1]
+    healed = wait_until(
+        lambda: converged(members, lambda s: balanced(3)(s) and s["fencing"][1] > fence), 15,
+        "the cluster to restart under a new fencing token",
+    )
+    assert {(s["map"], s["epoch"]) for s in healed} == {(statuses[0]["map"], statuses[0]["epoch"])}
+
+
 def _closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
     sock.settimeout(timeout)
     try:
@@ -468,6 +485,33 @@ async def test_single_voter_assigns_every_slot_and_reports_changes_on_the_loop()
         assert await membership.drain("nobody") is False
     finally:
         await loop.run_in_executor(None, membership.stop)
+
+
+# PySyncObj's journal reads its meta file without closing it (journal.py, getMeta).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_voter_restores_its_state_from_the_dump_and_journal(tmp_path: Path) -> None:
+    config = _config(data_dir=tmp_path)
+    first = ClusterMembership(config)
+    first.start()
+    try:
+        wait_until(lambda: first.snapshot().epoch >= 1 and first.is_leader(), 10, "slots")
+        assert asyncio.run(first.drain("solo")) is True
+        first._sync.forceLogCompaction()  # the next command lands after the dump
+        wait_until((tmp_path / "raft" / "dump").exists, 10, "a dump file")
+        assert asyncio.run(first.set_active("solo")) is True
+        expected = first.snapshot()
+    finally:
+        first.stop()
+
+    second = ClusterMembership(config)
+    second.start()
+    try:
+        wait_until(lambda: second.snapshot().revision >= expected.revision, 10, "the restore")
+        view = second.snapshot()
+        assert view.slot_map == expected.slot_map and view.epoch == expected.epoch
+        assert view.nodes["solo"].state in ("joining", "active")
+    finally:
+        second.stop()
 
 
 def test_a_taken_raft_port_is_a_startup_error() -> None:
