@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -195,6 +196,44 @@ class Settings(BaseSettings):
         500, ge=2, le=100_000, description="Most members a group may have (owner included)."
     )
 
+    # -- cluster ----------------------------------------------------------------
+    node_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="This node's name in the cluster; default: node-<port>.",
+    )
+    cluster_peers: Annotated[list[str], NoDecode] = Field(
+        [], description="Raft addresses (host:port) of the cluster's voters (3 or 5), this "
+        "node's own if it is one; empty: a single node, no cluster.",
+    )
+    cluster_secret: SecretStr | None = Field(
+        None, description="Shared secret of the cluster, at least 16 characters: authenticates "
+        "and encrypts raft and the inter-node links. Required with cluster_peers.",
+    )
+    raft_addr: str | None = Field(
+        None, description="Internal host:port for raft; default: host and port + 2.",
+    )
+    link_addr: str | None = Field(
+        None, description="Internal host:port for inter-node links; default: host and port + 3.",
+    )
+    public_ws_url: str | None = Field(
+        None, description="WebSocket URL that clients of users served here are sent to; "
+        "default: ws://host:ws_port/v1/ws.",
+    )
+    public_http_url: str | None = Field(
+        None, description="HTTP base URL of this node as clients reach it; "
+        "default: http://host:port.",
+    )
+    cluster_dead_after_s: float = Field(
+        6.0, ge=1, le=600,
+        description="A node unreachable from the raft leader this long is declared dead and "
+        "its users are moved to the other nodes.",
+    )
+    retention_days: int | None = Field(
+        None, ge=1, le=36500,
+        description="Delete messages older than this many days (a daily job); "
+        "default: keep forever.",
+    )
+
     # -- operations -----------------------------------------------------------
     log_level: LogLevel = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(False, description="Log every HTTP request.")
@@ -218,7 +257,42 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return v
 
+    @field_validator("cluster_peers", mode="before")
+    @classmethod
+    def _peers_list(cls, v: Any) -> Any:
+        if isinstance(v, str):  # PARLEY_CLUSTER_PEERS=a:1,b:2
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("cluster_peers")
+    @classmethod
+    def _peers(cls, v: list[str]) -> list[str]:
+        for peer in v:
+            _split_addr(peer)
+        if len(set(v)) != len(v):
+            raise ValueError("lists an address twice")
+        return v
+
+    @field_validator("raft_addr", "link_addr")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        if v:
+            _split_addr(v)
+        return v or None
+
+    @field_validator("cluster_secret")
+    @classmethod
+    def _secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value():
+            return None
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
     # -- derived --------------------------------------------------------------
+    @property
+    def clustered(self) -> bool:
+        return bool(self.cluster_peers)
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -226,10 +300,45 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_dir.resolve() / 'parley.db'}"
 
     @property
+    def effective_node_id(self) -> str:
+        return self.node_id or f"node-{self.port}"
+
+    @property
+    def effective_raft_addr(self) -> str:
+        return self.raft_addr or f"{self.host}:{self.port + 2}"
+
+    @property
+    def effective_link_addr(self) -> str:
+        return self.link_addr or f"{self.host}:{self.port + 3}"
+
+    def public_ws(self, ws_port: int) -> str:
+        """The URL clients are redirected to for users this node serves."""
+        return self.public_ws_url or f"ws://{_url_host(self.host)}:{ws_port}/v1/ws"
+
+    def public_http(self, http_port: int) -> str:
+        return self.public_http_url or f"http://{_url_host(self.host)}:{http_port}"
+
+    @property
     def effective_ws_port(self) -> int:
         if self.ws_port is not None:
             return self.ws_port
         return 0 if self.port == 0 else self.port + 1
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts in brackets) as (host, port); ValueError when malformed."""
+    return _split_addr(addr)
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{addr!r} is not host:port")
+    return host.strip("[]"), int(port)
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -16,7 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import uvicorn
 
@@ -35,6 +35,8 @@ from parley.auth.tokens import TokenService
 from parley.auth.wsauth import TokenAuthenticator
 from parley.bootstrap import ensure_default_tenant
 from parley.clock import Clock, SystemClock
+from parley.cluster.node import ClusterNode
+from parley.cluster.router import ClusterRouter
 from parley.config import Settings
 from parley.errors import ConfigError, StartupError
 from parley.gateway import GatewayConfig, GatewayServer
@@ -148,6 +150,7 @@ class Node:
         self.service: MessagingService | None = None
         self.front: WebSocketFront | None = None
         self.gateway: GatewayServer | None = None
+        self.cluster: ClusterNode | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
@@ -167,9 +170,15 @@ class Node:
         s = self.settings
         check_data_dir(s.data_dir)
         db = self.db = open_database(s)
-        await self._prepare_schema(db)
-        self.accounts = AccountStore(db)
-        boot = await ensure_default_tenant(s, self.accounts, self.hasher, self.clock)
+        try:
+            await db.ping()
+        except Exception as exc:  # noqa: BLE001 - drivers raise many types; report one line
+            raise StartupError(f"database unreachable: {type(exc).__name__}: {exc}") from None
+        async with db.startup_lock():  # nodes sharing a database bootstrap one at a time
+            await self._prepare_schema(db)
+            self.accounts = AccountStore(db)
+            boot = await ensure_default_tenant(s, self.accounts, self.hasher, self.clock)
+            keys = await KeyStore(db).ensure(self.clock.now_ms())
         self.tenant = boot.tenant
         if boot.created:
             self._say(
@@ -180,7 +189,6 @@ class Node:
                     f"Administrator password (shown once, change it with "
                     f"`parley user passwd {boot.admin_username}`): {boot.generated_password}"
                 )
-        keys = await KeyStore(db).ensure(self.clock.now_ms())
         self.revocations = RevocationList(self.clock, s.access_token_ttl_s)
         self.tokens = TokenService(
             keys, self.clock, access_ttl_s=s.access_token_ttl_s, revocations=self.revocations
@@ -195,15 +203,19 @@ class Node:
         self.cursor_writer = CursorWriter(cursors)
         await self.cursor_writer.start()
         self.hub = LocalHub(max_devices_per_user=s.max_devices_per_user)
+        router: ClusterRouter | LocalHub = self.hub
+        if s.clustered:  # every push and socket close goes through the cluster's router
+            self.cluster = ClusterNode(s, self.hub)
+            router = self.cluster.router
         self.sessions = SessionService(
-            SessionStore(db), self.tokens, self.revocations, self.hub, self.clock,
+            SessionStore(db), self.tokens, self.revocations, router, self.clock,
             refresh_ttl_s=s.refresh_token_ttl_s,
         )
         await self.sessions.load_revocations()
         self.service = MessagingService(
             messages=self.messages, conversations=self.conversations, cursors=cursors,
             batcher=self.batcher, cursor_writer=self.cursor_writer,
-            members=MembershipCache(self.conversations, self.clock), router=self.hub,
+            members=MembershipCache(self.conversations, self.clock), router=router,
             limits=self.limits, clock=self.clock, metrics=self.metrics,
             config=MessagingConfig(recall_window_ms=s.recall_window_s * 1000),
             policy=SendPolicy(
@@ -221,6 +233,8 @@ class Node:
             ),
         )
         await self.front.start()
+        if self.cluster is not None:
+            self.cluster.attach(self.service, self.sessions, self.revocations, self.front)
         self.gateway = GatewayServer(
             GatewayConfig(
                 host=s.host, port=s.effective_ws_port, allowed_origins=s.allowed_origins,
@@ -243,6 +257,8 @@ class Node:
         self.metrics.build_info.labels(__version__, db.backend).set(1)
         self.metrics.start_time.set(self.clock.now_ms() / 1000)
         await self._start_http()
+        if self.cluster is not None:
+            await self.cluster.start(self.http_port, self.ws_port)
         self.metrics.up.set(1)
 
     async def _prepare_schema(self, db: Database) -> None:
@@ -281,10 +297,13 @@ class Node:
             ),
             tickets=TicketService(self.tokens, self.sessions.store, self.clock,
                                   ttl_s=s.ticket_ttl_s),
+            route=self._route,
         )
         app = create_app(ApiContext(
             version=__version__, metrics=self.metrics, readiness=self.readiness,
-            services=services,
+            services=services, cluster_status=self.cluster_status,
+            cluster_secret=(s.cluster_secret.get_secret_value()
+                            if s.cluster_secret is not None else None),
         ))
         ldap = ldap_provider_from_settings(s, self.accounts, IdentityStore(self.db), self.clock)
         if ldap is not None:  # after local accounts
@@ -317,6 +336,8 @@ class Node:
             return
         self._stopped = True
         self.metrics.up.set(0)
+        if self.cluster is not None:  # move this node's users to the others first
+            await self.cluster.drain()
         if self.front is not None:
             self.front.announce_shutdown()
         if self._http is not None and self._http_task is not None:
@@ -331,12 +352,29 @@ class Node:
             await self.gateway.stop(drain_timeout=self.settings.shutdown_timeout_s)
         if self.front is not None:
             await self.front.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.cursor_writer is not None:
             await self.cursor_writer.stop()
         if self.db is not None:
             await self.db.close()
 
     # -- facts -------------------------------------------------------------------
+    def _route(self, user_id: int) -> dict[str, str]:
+        if self.cluster is not None:
+            return self.cluster.route(user_id)
+        s = self.settings
+        return {"node": s.effective_node_id, "ws_url": s.public_ws(self.ws_port),
+                "http_url": s.public_http(self.http_port)}
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The cluster as this node sees it, with this node's own session count."""
+        if self.cluster is not None:
+            return self.cluster.status()
+        assert self.hub is not None
+        return {"self": self.settings.effective_node_id, "leader": None, "nodes": [],
+                "sessions": self.hub.session_count}
+
     @property
     def http_port(self) -> int:
         assert self._http_socket is not None

@@ -6,8 +6,10 @@ builds it once per node.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,6 +36,9 @@ class ApiContext:
     metrics: Metrics
     readiness: Callable[[], Awaitable[ReadyReport]]
     services: ApiServices | None = None
+    cluster_status: Callable[[], dict[str, Any]] | None = None
+    cluster_secret: str | None = None
+    """``/cluster/status`` answers only to ``Authorization: Bearer <cluster secret>``."""
 
 
 class Health(BaseModel):
@@ -77,6 +82,21 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get(
+        "/cluster/status", tags=["operations"], response_class=JSONResponse,
+        summary="The cluster as this node sees it (bearer: the cluster secret).",
+        responses={401: {"model": ErrorBody, "description": "Missing or wrong secret"}},
+    )
+    async def cluster_status(request: Request) -> Response:
+        secret = ctx.cluster_secret
+        given = request.headers.get("authorization", "")
+        if ctx.cluster_status is None or secret is None or not hmac.compare_digest(
+            given.encode(), f"Bearer {secret}".encode()
+        ):
+            return error_response(request, 401, "unauthenticated",
+                                  "send the cluster secret as a bearer token")
+        return JSONResponse(ctx.cluster_status())
 
     if ctx.services is not None:
         from parley.api.routes import ROUTERS

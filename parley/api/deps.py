@@ -55,6 +55,8 @@ class ApiServices:
     local_passwords: LocalPasswordProvider
     throttle: LoginThrottle
     tickets: TicketService
+    route: Callable[[int], dict[str, str]]
+    """Where a user's WebSocket is served: ``{node, ws_url, http_url}``."""
 
 
 def get_services(request: Request) -> ApiServices:

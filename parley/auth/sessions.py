@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,6 +107,8 @@ class SessionService:
         self.sockets = sockets
         self.clock = clock
         self.refresh_ttl_ms = refresh_ttl_s * 1000
+        self.on_revoked: Callable[[str, int], None] | None = None
+        """Told of every session this node revokes (the cluster tells the other nodes)."""
 
     async def load_revocations(self) -> int:
         """Fill the revocation list from the database (at start); returns how many."""
@@ -166,6 +169,8 @@ class SessionService:
     def _revoked(self, tenant_id: int, user_id: int, ids: list[str], now: int) -> None:
         for sid in ids:
             self.revocations.add(sid, now)
+            if self.on_revoked is not None:
+                self.on_revoked(sid, now)
             self.sockets.close_sessions(
                 tenant_id, user_id, _REVOKED, "session revoked", session_id=sid
             )

@@ -10,6 +10,7 @@ the commit, so a stale entry can delay a push but never let an outsider write.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from parley.clock import Clock
@@ -40,6 +41,8 @@ class MembershipCache:
             clock, ttl_s, max_entries
         )
         self._loading: dict[tuple[int, int], asyncio.Future[ConvMembers | None]] = {}
+        self.listener: Callable[[int, int], None] | None = None
+        """Told of every ``invalidate`` (the cluster tells the other nodes)."""
 
     async def get(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         """The conversation's members, or None if it does not exist in this tenant."""
@@ -78,4 +81,14 @@ class MembershipCache:
         return ConvMembers(conv_id, conv.kind, ids, frozenset(ids))
 
     def invalidate(self, tenant_id: int, conv_id: int) -> None:
+        """The members changed: forget them here and tell the listener."""
         self._entries.pop((tenant_id, conv_id))
+        if self.listener is not None:
+            self.listener(tenant_id, conv_id)
+
+    def drop(self, tenant_id: int, conv_id: int) -> None:
+        """Forget one entry here only (another node changed the members)."""
+        self._entries.pop((tenant_id, conv_id))
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -14,6 +14,7 @@ node's ``stranger_messages``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from parley.clock import Clock
@@ -39,6 +40,7 @@ class SendPolicy:
         self.stranger_messages = stranger_messages
         """The node's setting: applies to tenants that have none of their own."""
         self._tenants = tenants
+        self.listener: Callable[[str, tuple[int, ...]], None] | None = None
         self._clock = clock
         self._strangers: TtlCache[int, bool] = TtlCache(clock, ttl_s, max_entries)
         self._direct: TtlCache[tuple[int, int, int], DirectRule] = TtlCache(
@@ -89,12 +91,35 @@ class SendPolicy:
         if until > self._clock.now_ms():
             raise Forbidden(f"you are muted in this group until {until}")
 
+    # Invalidation: ``invalidate_*`` forget here and tell the listener (the cluster
+    # tells the other nodes, which call ``drop``); ``clear`` forgets everything.
     def invalidate_pair(self, tenant_id: int, a: int, b: int) -> None:
-        self._direct.pop((tenant_id, a, b))
-        self._direct.pop((tenant_id, b, a))
+        self.drop("pair", (tenant_id, a, b))
+        self._notify("pair", (tenant_id, a, b))
 
     def invalidate_group(self, tenant_id: int, conv: int) -> None:
-        self._groups.pop((tenant_id, conv))
+        self.drop("group", (tenant_id, conv))
+        self._notify("group", (tenant_id, conv))
 
     def invalidate_tenant(self, tenant_id: int) -> None:
-        self._strangers.pop(tenant_id)
+        self.drop("tenant", (tenant_id,))
+        self._notify("tenant", (tenant_id,))
+
+    def drop(self, kind: str, key: tuple[int, ...]) -> None:
+        if kind == "pair" and len(key) == 3:
+            t, a, b = key
+            self._direct.pop((t, a, b))
+            self._direct.pop((t, b, a))
+        elif kind == "group" and len(key) == 2:
+            self._groups.pop((key[0], key[1]))
+        elif kind == "tenant" and len(key) == 1:
+            self._strangers.pop(key[0])
+
+    def clear(self) -> None:
+        self._direct.clear()
+        self._groups.clear()
+        self._strangers.clear()
+
+    def _notify(self, kind: str, key: tuple[int, ...]) -> None:
+        if self.listener is not None:
+            self.listener(kind, key)

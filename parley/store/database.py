@@ -18,6 +18,8 @@ commit, and that promise must hold.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from sqlalchemy import event, text
@@ -47,6 +49,9 @@ def normalize_url(url: str) -> URL:
     if name in ("postgresql", "postgres", "postgresql+asyncpg"):
         return parsed.set(drivername="postgresql+asyncpg")
     raise ConfigError(f"unsupported database {name!r}: use sqlite:/// or postgresql://")
+
+
+_STARTUP_LOCK = 0x5061726C6579  # "Parley"
 
 
 class Database:
@@ -117,6 +122,22 @@ class Database:
         """Raise if the database cannot answer a trivial query."""
         async with self.reader.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    @contextlib.asynccontextmanager
+    async def startup_lock(self) -> AsyncIterator[None]:
+        """Held while a node migrates and bootstraps (tenant, signing keys), so nodes
+        starting together on one PostgreSQL database do it one after the other.
+        A PostgreSQL advisory lock (released with its connection, also on a crash);
+        SQLite serialises writers itself."""
+        if self.backend != "postgresql":
+            yield
+            return
+        async with self.writer.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _STARTUP_LOCK})
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _STARTUP_LOCK})
 
     async def close(self) -> None:
         """Close every pooled connection; call once, at shutdown."""

@@ -1,0 +1,220 @@
+"""A node's cluster side, wired by the composition root (``parley.server``).
+
+Owns the three cluster parts of one node and connects them to the rest:
+
+* ``ClusterMembership`` (raft): the node list and the slot map;
+* ``Links``: authenticated connections to every other node;
+* ``ClusterRouter``: the Router seam over both (the messaging service and the
+  session service push and close through it).
+
+On every new view it points the links at the current nodes and, when the slot
+map changed, sends the sessions of users this node no longer serves to their
+new node (``WebSocketFront.evict_moved``).  Cache invalidations and revocations
+made here are broadcast; a link gap or a restarted peer drops the caches and
+reloads the revocation list from the database.
+
+Graceful stop drains the node first (its slots move to the others, its clients
+are redirected there), so a rolling restart moves users instead of cutting
+them off; a restarted node asks for slots again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from parley.auth.sessions import RevocationList, SessionService
+from parley.cluster.links import Links
+from parley.cluster.membership import ClusterConfig, ClusterMembership, ClusterView
+from parley.cluster.router import ClusterRouter
+from parley.cluster.slots import slot_of_user
+from parley.config import Settings, split_addr
+from parley.errors import ConfigError, ParleyError
+from parley.hub.hub import LocalHub
+from parley.messaging.service import MessagingService
+from parley.messaging.wsfront import WebSocketFront
+
+__all__ = ["ClusterNode"]
+
+_log = logging.getLogger("parley.cluster")
+
+_SERVING = frozenset({"active", "draining", "joining"})
+
+
+class ClusterNode:
+    def __init__(self, settings: Settings, hub: LocalHub) -> None:
+        if settings.cluster_secret is None:
+            raise ConfigError(
+                "cluster_secret is required with cluster_peers: every node of a cluster needs "
+                "the same secret (at least 16 characters) to authenticate raft and links"
+            )
+        self.settings = settings
+        self.node_id = settings.effective_node_id
+        self.secret = settings.cluster_secret.get_secret_value()
+        self.router = ClusterRouter(hub, self.node_id, self._owner)
+        self.hub = hub
+        self.membership: ClusterMembership | None = None
+        self.links: Links | None = None
+        self.front: WebSocketFront | None = None
+        self.revocation_source: SessionService | None = None
+        self._view: ClusterView | None = None
+        self._epoch = -1
+        self._unsubscribe: Any = None
+
+    # -- placement (hot path: no locks, no awaits) ---------------------------------------
+    def _owner(self, user_id: int) -> str | None:
+        view = self._view
+        if view is None:
+            return None
+        return view.replica.slots.owner(slot_of_user(user_id))
+
+    def placement(self, user_id: int) -> str | None:
+        """The URL of the node serving ``user_id``, or None to serve here (this node
+        serves it, or the map does not know, or its node is dead)."""
+        view = self._view
+        if view is None:
+            return None
+        owner = view.replica.slots.owner(slot_of_user(user_id))
+        if owner is None or owner == self.node_id:
+            return None
+        info = view.nodes.get(owner)
+        if info is None or info.state not in _SERVING:
+            return None
+        return info.ws_url
+
+    def route(self, user_id: int) -> dict[str, str]:
+        """Where ``user_id`` is served, for ``GET /api/v1/route``."""
+        view = self._view
+        owner = self._owner(user_id) or self.node_id
+        info = None if view is None else view.nodes.get(owner)
+        if info is None or info.state not in _SERVING:
+            info = None if view is None else view.nodes.get(self.node_id)
+        if info is None:
+            return {"node": self.node_id, "ws_url": "", "http_url": ""}
+        return {"node": info.id, "ws_url": info.ws_url, "http_url": info.http_url}
+
+    # -- wiring --------------------------------------------------------------------------
+    def attach(self, service: MessagingService, sessions: SessionService,
+               revocations: RevocationList, front: WebSocketFront) -> None:
+        """Connect the node's caches and front to the cluster (before ``start``)."""
+        router = self.router
+        self.front = front
+        self.revocation_source = sessions
+        front.placement = self.placement
+
+        service.members.listener = lambda t, c: router.invalidate("members", t, c)
+        router.caches["members"] = lambda key: service.members.drop(int(key[0]), int(key[1]))
+        policy = service.policy
+        if policy is not None:
+            policy.listener = lambda kind, key: router.invalidate("policy", kind, *key)
+            router.caches["policy"] = lambda key: policy.drop(
+                str(key[0]), tuple(int(k) for k in key[1:])
+            )
+        sessions.on_revoked = lambda sid, at: router.invalidate("revoked", sid, at)
+        router.caches["revoked"] = lambda key: revocations.add(str(key[0]), int(key[1]))
+
+        def resync(peer: str) -> None:
+            service.members.clear()
+            if policy is not None:
+                policy.clear()
+            task = asyncio.get_running_loop().create_task(sessions.load_revocations())
+            task.add_done_callback(_log_failure)
+
+        router.on_resync = resync
+
+    async def start(self, http_port: int, ws_port: int) -> None:
+        s = self.settings
+        config = ClusterConfig(
+            node_id=self.node_id, raft_addr=s.effective_raft_addr,
+            voters=tuple(s.cluster_peers), secret=self.secret,
+            http_url=s.public_http(http_port), ws_url=s.public_ws(ws_port),
+            link_addr=s.effective_link_addr, data_dir=s.data_dir,
+            dead_after_s=s.cluster_dead_after_s,
+        )
+        try:
+            link_host, link_port = split_addr(s.effective_link_addr)
+        except ValueError as exc:
+            raise ConfigError(f"link_addr: {exc}") from None
+        self.links = Links(self.node_id, self.secret.encode(), (link_host, link_port),
+                           self.router)
+        await self.links.start()
+        self.router.links = self.links
+        self.membership = ClusterMembership(config)
+        await asyncio.to_thread(self.membership.start)
+        self._unsubscribe = self.membership.on_change(self._on_view)
+        self._on_view(self.membership.snapshot())
+
+    def _on_view(self, view: ClusterView) -> None:
+        self._view = view
+        links = self.links
+        if links is not None:
+            peers = {}
+            for node_id, info in view.nodes.items():
+                if node_id == self.node_id or info.state == "dead" or not info.link_addr:
+                    continue
+                with contextlib.suppress(ValueError):
+                    peers[node_id] = split_addr(info.link_addr)
+            links.set_peers(peers)
+        if view.epoch != self._epoch:
+            self._epoch = view.epoch
+            if self.front is not None:
+                moved = self.front.evict_moved()
+                if moved:
+                    _log.info("slot map epoch %d: %d sessions moved to other nodes",
+                              view.epoch, moved)
+
+    async def drain(self, timeout_s: float = 5.0) -> bool:
+        """Move this node's users to the other nodes (before a graceful stop).
+        True when the map no longer gives this node any slot."""
+        membership = self.membership
+        if membership is None or len(membership.snapshot().nodes) < 2:
+            return False
+        try:
+            await membership.drain(self.node_id)
+        except ParleyError as exc:
+            _log.warning("cannot drain before stopping: %s", exc.message)
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            view = membership.snapshot()
+            if not view.replica.slots.slots_of(self.node_id):
+                self._on_view(view)
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self.membership is not None:
+            await asyncio.to_thread(self.membership.stop)
+            self.membership = None
+        if self.links is not None:
+            await self.links.stop()
+            self.links = None
+        self.router.links = None
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = (
+            self.membership.status() if self.membership is not None else {"self": self.node_id}
+        )
+        out["sessions"] = self.hub.session_count
+        out["router"] = {"forwarded": self.router.forwarded, "dropped": self.router.dropped,
+                         "reforwarded": self.router.reforwarded}
+        if self.links is not None:
+            st = self.links.stats()
+            out["links"] = {
+                p.node_id: {"state": p.state, "sent": p.sent, "received": p.received,
+                            "dropped": p.dropped_down + p.dropped_full + p.dropped_too_big}
+                for p in st.peers.values()
+            }
+        return out
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("cluster resync failed: %r", task.exception())
