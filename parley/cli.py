@@ -98,12 +98,23 @@ def main() -> None:
 @click.option("--ws-port", type=int, help="WebSocket gateway port [default: port + 1].")
 @click.option("--no-migrate", is_flag=True, help="Refuse to start on an old schema instead "
               "of upgrading it.")
+@click.option("--nodes", type=click.IntRange(1, 64), help="Run a local cluster of this many "
+              "node processes (PostgreSQL; ports from --port in steps of 10).")
 def serve(config_file: Path | None, data_dir: Path | None, database_url: str | None,
-          host: str | None, port: int | None, ws_port: int | None, no_migrate: bool) -> None:
-    """Run a node until Ctrl-C or SIGTERM, then shut down gracefully."""
+          host: str | None, port: int | None, ws_port: int | None, no_migrate: bool,
+          nodes: int | None) -> None:
+    """Run a node (or a local cluster) until Ctrl-C or SIGTERM, then shut down gracefully."""
     settings = _load(config_file, data_dir=data_dir, database_url=database_url, host=host,
                      port=port, ws_port=ws_port, auto_migrate=False if no_migrate else None)
     _setup_logging(settings.log_level)
+    if nodes is not None and nodes > 1:
+        from parley.cluster.local import LocalCluster, plan_nodes
+
+        try:
+            plans = plan_nodes(settings, nodes)
+        except ConfigError as exc:
+            _fail(f"config: {exc.message}", EXIT_CONFIG)
+        sys.exit(_run(LocalCluster(plans, config_file, out=click.echo).run()))
     from parley.server import serve as serve_node
 
     sys.exit(_run(serve_node(settings)))
@@ -403,3 +414,4 @@ def conv_group(config_file: Path | None, data_dir: Path | None, database_url: st
 
     click.echo(_with_accounts(settings, tenant, create))
 main.add_command(__import__("parley.bench.cli", fromlist=["bench"]).bench)
+main.add_command(__import__("parley.cluster.cli", fromlist=["cluster"]).cluster)

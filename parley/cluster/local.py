@@ -1,0 +1,185 @@
+"""``parley serve --nodes N``: a cluster of N node processes on one machine.
+
+One Python process uses one core and at most ~19,000 sockets (the open-files
+limit), so a machine's cores and a large connection count need several node
+processes.  This supervisor starts them as ordinary cluster members sharing one
+PostgreSQL database, each with its own ports, raft and link addresses and data
+directory, and stops them together:
+
+==========  ============================================
+node ``i``  (0-based) with base port ``P`` and step 10
+==========  ============================================
+HTTP        ``P + 10 i``
+WebSocket   ``P + 10 i + 1``
+raft        ``P + 10 i + 2`` (internal)
+links       ``P + 10 i + 3`` (internal)
+data        ``<data_dir>/node-<i+1>``
+==========  ============================================
+
+The first three nodes (five from five nodes on) are raft voters; the others
+join as non-voting members.  The cluster secret is the configured one, or one
+generated once and kept in ``<data_dir>/cluster-secret`` (mode 0600).
+
+A node that exits on its own is started again after a backoff (1 s doubling to
+30 s); Ctrl-C or SIGTERM stops every node gracefully and waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parley.config import Settings
+from parley.errors import ConfigError
+
+__all__ = ["LocalCluster", "NodePlan", "plan_nodes"]
+
+PORT_STEP = 10
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    node_id: str
+    port: int
+    ws_port: int
+    raft_addr: str
+    link_addr: str
+    data_dir: Path
+    env: dict[str, str] = field(repr=False)
+
+
+def voter_count(nodes: int) -> int:
+    return 5 if nodes >= 5 else min(nodes, 3)
+
+
+def cluster_secret(settings: Settings) -> str:
+    """The configured secret, or the local cluster's generated one (created once)."""
+    if settings.cluster_secret is not None:
+        return settings.cluster_secret.get_secret_value()
+    path = settings.data_dir / "cluster-secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def plan_nodes(settings: Settings, nodes: int) -> list[NodePlan]:
+    """Ports, addresses and environment of each node of a local cluster."""
+    if nodes < 1:
+        raise ConfigError("--nodes must be at least 1")
+    if not settings.effective_database_url.startswith("postgres"):
+        raise ConfigError(
+            "--nodes above 1 needs PostgreSQL (set database_url): SQLite admits one "
+            "writing process"
+        )
+    if settings.port == 0:
+        raise ConfigError("--nodes needs a fixed --port (the base of every node's ports)")
+    if settings.port + PORT_STEP * nodes > 65535:
+        raise ConfigError(f"ports from {settings.port} do not fit {nodes} nodes")
+    host = settings.host
+    secret = cluster_secret(settings)
+    raft = [f"{host}:{settings.port + PORT_STEP * i + 2}" for i in range(nodes)]
+    peers = ",".join(raft[: voter_count(nodes)])
+    plans = []
+    for i in range(nodes):
+        port = settings.port + PORT_STEP * i
+        node_id = f"node-{i + 1}"
+        data_dir = settings.data_dir / node_id
+        env = {
+            "PARLEY_NODE_ID": node_id,
+            "PARLEY_HOST": host,
+            "PARLEY_PORT": str(port),
+            "PARLEY_WS_PORT": str(port + 1),
+            "PARLEY_RAFT_ADDR": raft[i],
+            "PARLEY_LINK_ADDR": f"{host}:{port + 3}",
+            "PARLEY_CLUSTER_PEERS": peers,
+            "PARLEY_CLUSTER_SECRET": secret,
+            "PARLEY_DATA_DIR": str(data_dir),
+            "PARLEY_DATABASE_URL": settings.effective_database_url,
+        }
+        if settings.database_schema:
+            env["PARLEY_DATABASE_SCHEMA"] = settings.database_schema
+        plans.append(NodePlan(node_id, port, port + 1, raft[i], env["PARLEY_LINK_ADDR"],
+                              data_dir, env))
+    return plans
+
+
+class LocalCluster:
+    """Runs the planned node processes until stopped; restarts one that dies."""
+
+    def __init__(self, plans: list[NodePlan], config_file: Path | None = None,
+                 out: Callable[[str], None] = print, restart: bool = True) -> None:
+        self.plans = plans
+        self.config_file = config_file
+        self.out = out
+        self.restart = restart
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self._stopping = asyncio.Event()
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "parley", "serve"]
+        if self.config_file is not None:
+            argv += ["--config", str(self.config_file)]
+        return argv
+
+    async def _spawn(self, plan: NodePlan) -> asyncio.subprocess.Process:
+        plan.data_dir.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv(), env={**os.environ, **plan.env},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self.procs[plan.node_id] = proc
+        return proc
+
+    async def _pump(self, plan: NodePlan, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            self.out(f"[{plan.node_id}] {line.decode(errors='replace').rstrip()}")
+
+    async def _keep(self, plan: NodePlan) -> int:
+        delay = 1.0
+        while True:
+            proc = await self._spawn(plan)
+            await self._pump(plan, proc)
+            code = await proc.wait()
+            if self._stopping.is_set() or not self.restart:
+                return code
+            self.out(f"[{plan.node_id}] exited with {code}; starting it again in {delay:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return code
+            delay = min(delay * 2, 30.0)
+
+    def stop(self) -> None:
+        """Ask every node to shut down gracefully (SIGTERM)."""
+        self._stopping.set()
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+
+    async def run(self) -> int:
+        """Run until every node has exited after ``stop()``; 0 if all exited cleanly."""
+        loop = asyncio.get_running_loop()
+        if sys.platform != "win32":
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
+        voters = voter_count(len(self.plans))
+        for i, p in enumerate(self.plans):
+            role = "voter" if i < voters else "non-voter"
+            self.out(f"[{p.node_id}] http :{p.port}  ws :{p.ws_port}  raft {p.raft_addr}  "
+                     f"links {p.link_addr}  ({role})")
+        codes = await asyncio.gather(*(self._keep(p) for p in self.plans))
+        return 0 if all(c == 0 for c in codes) else 1
