@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing as mp
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -196,23 +197,32 @@ class Coordinator:
             child.close()
             h = _WorkerHandle(spec, proc, parent)
             self.workers.append(h)
-            asyncio.get_running_loop().add_reader(parent.fileno(), self._on_pipe, h)
+            loop = asyncio.get_running_loop()
+            threading.Thread(target=self._read_pipe, args=(h, loop), daemon=True).start()
 
-    def _on_pipe(self, h: _WorkerHandle) -> None:
-        try:
-            while h.pipe.poll():
-                kind, payload = h.pipe.recv()
-                if kind in ("report", "ready", "ran", "bye"):
-                    h.last = payload
-                    for t in (self.all, self.phase, self.tick):
-                        t.add(payload)
-                    h.ready |= kind == "ready"
-                    h.ran |= kind == "ran"
-                    h.bye |= kind == "bye"
-                elif kind == "summary":
-                    h.summary = payload
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(h.pipe.fileno())
+    def _read_pipe(self, h: _WorkerHandle, loop: asyncio.AbstractEventLoop) -> None:
+        """In a thread (the pipe stays blocking); hands each message to the loop."""
+        while True:
+            try:
+                msg = h.pipe.recv()
+            except (EOFError, OSError):
+                msg = ("eof", None)
+            loop.call_soon_threadsafe(self._on_message, h, msg)
+            if msg[0] in ("eof", "bye"):
+                return
+
+    def _on_message(self, h: _WorkerHandle, msg: tuple[str, Any]) -> None:
+        kind, payload = msg
+        if kind in ("report", "ready", "ran", "bye"):
+            h.last = payload
+            for t in (self.all, self.phase, self.tick):
+                t.add(payload)
+            h.ready |= kind == "ready"
+            h.ran |= kind == "ran"
+            h.bye |= kind == "bye"
+        elif kind == "summary":
+            h.summary = payload
+        elif kind == "eof":
             h.bye = True
         self._event.set()
 
@@ -298,8 +308,6 @@ class Coordinator:
             await asyncio.to_thread(w.proc.join, 5)
             if w.proc.is_alive():
                 w.proc.terminate()
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(w.pipe.fileno())
             w.pipe.close()
 
     # -- time series -------------------------------------------------------------------

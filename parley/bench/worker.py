@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -185,13 +186,16 @@ class _Worker:
             await asyncio.sleep(self.interval_s)
             self.pipe.send(("report", self.report()))
 
-    def on_command(self) -> None:
-        while self.pipe.poll():
+    def read_commands(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In a thread: the pipe stays blocking (an event loop reader would make it
+        non-blocking, and a large summary would then fail with EAGAIN)."""
+        while True:
             try:
-                self.commands.put_nowait(self.pipe.recv())
-            except EOFError:
-                self.commands.put_nowait(("finish",))
-                asyncio.get_running_loop().remove_reader(self.pipe.fileno())
+                cmd = self.pipe.recv()
+            except (EOFError, OSError):
+                cmd = ("finish",)
+            loop.call_soon_threadsafe(self.commands.put_nowait, cmd)
+            if cmd[0] == "finish":
                 return
 
     # -- phases ---------------------------------------------------------------------
@@ -263,7 +267,7 @@ async def _main(spec: WorkerSpec, pipe: Connection) -> None:
     loop = asyncio.get_running_loop()
     loop.call_later(spec.deadline_s, os._exit, 3)
     w = _Worker(spec, pipe)
-    loop.add_reader(pipe.fileno(), w.on_command)
+    threading.Thread(target=w.read_commands, args=(loop,), daemon=True).start()
     await w.connect_all()
     gc.collect()
     gc.freeze()
