@@ -176,6 +176,30 @@ _MESSAGE_COLUMNS = (
 )
 
 
+_GONE = 1 << 62  # a conversation whose messages retention deleted: nothing to sync
+
+
+def _page_keys(
+    last_seqs: Sequence[tuple[int, int]], cursors: Mapping[int, int], floors: Mapping[int, int],
+    limit: int,
+) -> tuple[list[tuple[int, int]], bool]:
+    """The (conversation, seq) keys of one sync page, and whether more follow."""
+    keys: list[tuple[int, int]] = []
+    more = False
+    for cid, last in last_seqs:
+        start = max(cursors.get(cid, 0), floors.get(cid, 0))
+        if last <= start:
+            continue
+        room = limit - len(keys)
+        if room == 0:
+            more = True
+            break
+        stop = min(last, start + room)
+        keys.extend((cid, seq) for seq in range(start + 1, stop + 1))
+        more = stop < last
+    return keys, more
+
+
 def _stored(row: RowMapping) -> StoredMessage:
     return StoredMessage(
         conversation_id=row["conversation_id"], seq=row["seq"], msg_id=row["msg_id"],
@@ -563,26 +587,32 @@ class MessageStore:
                 )
                 .order_by(conversations.c.id)
             )
+            last_seqs = list(convs)
             # Seqs are gapless, so the page's messages are known exactly:
-            # (conversation, seq) keys, fetched by primary-key-like lookups.
-            keys: list[tuple[int, int]] = []
-            more = False
-            for cid, last in convs:
-                start = cursors.get(cid, 0)
-                if last <= start:
-                    continue
-                room = limit - len(keys)
-                if room == 0:
-                    more = True
+            # (conversation, seq) keys, fetched by primary-key-like lookups.  The one
+            # exception is retention, which deletes the oldest messages of a
+            # conversation: a device behind the first kept seq starts from there.
+            floors: dict[int, int] = {}
+            for attempt in range(2):
+                keys, more = _page_keys(last_seqs, cursors, floors, limit)
+                if not keys:
+                    return SyncPage(messages=[], more=False)
+                rows = (
+                    await conn.execute(
+                        self._sql.page,
+                        {"tenant_id": tenant_id, **self._sql.page_keys.params(keys)},
+                    )
+                ).mappings().all()
+                if len(rows) == len(keys) or attempt:
                     break
-                stop = min(last, start + room)
-                keys.extend((cid, seq) for seq in range(start + 1, stop + 1))
-                more = stop < last
-            if not keys:
-                return SyncPage(messages=[], more=False)
-            rows = (
-                await conn.execute(
-                    self._sql.page, {"tenant_id": tenant_id, **self._sql.page_keys.params(keys)}
+                got = {(r["conversation_id"], r["seq"]) for r in rows}
+                short = sorted({cid for cid, seq in keys if (cid, seq) not in got})
+                first = await conn.execute(
+                    select(messages.c.conversation_id, func.min(messages.c.seq))
+                    .where(messages.c.tenant_id == tenant_id,
+                           messages.c.conversation_id.in_(short))
+                    .group_by(messages.c.conversation_id)
                 )
-            ).mappings().all()
+                floors = {int(cid): int(seq) - 1 for cid, seq in first}
+                floors.update({cid: _GONE for cid in short if cid not in floors})
         return SyncPage(messages=[_stored(r) for r in rows], more=more)
