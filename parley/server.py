@@ -35,6 +35,7 @@ from parley.auth.tokens import TokenService
 from parley.auth.wsauth import TokenAuthenticator
 from parley.bootstrap import ensure_default_tenant
 from parley.clock import Clock, SystemClock
+from parley.cluster.jobs import JobMetrics, JobScheduler, maintenance_jobs
 from parley.cluster.node import ClusterNode
 from parley.cluster.router import ClusterRouter
 from parley.config import Settings
@@ -56,6 +57,7 @@ from parley.store.batcher import CursorWriter, WriteBatcher
 from parley.store.conversations import ConversationStore
 from parley.store.cursors import CursorStore
 from parley.store.identities import IdentityStore
+from parley.store.jobs import JobStore, MaintenanceStore
 from parley.store.keys import KeyStore
 from parley.store.messages import MessageStore
 from parley.store.sessions import SessionStore
@@ -151,6 +153,7 @@ class Node:
         self.front: WebSocketFront | None = None
         self.gateway: GatewayServer | None = None
         self.cluster: ClusterNode | None = None
+        self.jobs: JobScheduler | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
@@ -259,7 +262,34 @@ class Node:
         await self._start_http()
         if self.cluster is not None:
             await self.cluster.start(self.http_port, self.ws_port)
+        self._start_jobs(db)
         self.metrics.up.set(1)
+
+    def _start_jobs(self, db: Database) -> None:
+        """Maintenance jobs: on every node, run by the one that leads (alone: this one)."""
+        assert self.revocations is not None
+        cluster = self.cluster
+
+        def is_leader() -> bool:
+            if cluster is None:
+                return True
+            return cluster.membership is not None and cluster.membership.is_leader()
+
+        def fencing_token() -> int:
+            if cluster is None or cluster.membership is None:
+                return 0
+            return cluster.membership.fencing_token()
+
+        self.jobs = JobScheduler(
+            JobStore(db), self.clock, self.settings.effective_node_id, is_leader, fencing_token,
+            maintenance_jobs(
+                sessions=SessionStore(db), maintenance=MaintenanceStore(db),
+                session_keep_ms=self.revocations.horizon_ms,
+                retention_days=self.settings.retention_days,
+            ),
+            metrics=JobMetrics(self.metrics.registry),
+        )
+        self.jobs.start()
 
     async def _prepare_schema(self, db: Database) -> None:
         try:
@@ -352,6 +382,8 @@ class Node:
             await self.gateway.stop(drain_timeout=self.settings.shutdown_timeout_s)
         if self.front is not None:
             await self.front.stop()
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         if self.cursor_writer is not None:
