@@ -13,6 +13,7 @@ Nothing here knows about sockets or HTTP; callers pass an ``Actor``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import Mapping
@@ -52,7 +53,10 @@ from parley.store.conversations import ConversationStore, ConversationSummary
 from parley.store.cursors import CursorStore, DeliveryCursor
 from parley.store.messages import AppendResult, MessageStore, NewMessage, StoredMessage
 
-__all__ = ["Actor", "MessagingConfig", "MessagingService", "SendResult", "msg_frame"]
+__all__ = [
+    "Actor", "MessagingConfig", "MessagingService", "SendOrder", "SendResult", "SendTurn",
+    "msg_frame",
+]
 
 SERVER_DEVICE = "server"
 
@@ -110,6 +114,36 @@ def _raise_for(result: AppendResult) -> None:
     raise exc(result.message or "message refused")
 
 
+class SendTurn:
+    """One send's place in its device's order (from ``SendOrder.turn``)."""
+
+    __slots__ = ("_mine", "previous")
+
+    def __init__(self, previous: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+        self.previous = previous
+        self._mine = mine
+
+    def done(self) -> None:
+        """Queued or refused: the next send of the device may go."""
+        if not self._mine.done():
+            self._mine.set_result(None)
+
+
+class SendOrder:
+    """Keeps one device's sends in arrival order up to the write queue."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail: asyncio.Future[None] | None = None
+
+    def turn(self) -> SendTurn:
+        tail = self._tail
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tail = mine
+        return SendTurn(None if tail is None or tail.done() else tail, mine)
+
+
 class MessagingService:
     def __init__(
         self, *, messages: MessageStore, conversations: ConversationStore,
@@ -141,27 +175,38 @@ class MessagingService:
 
     async def send(
         self, actor: Actor, conv: int, mid: str, kind: str, body: bytes | msgspec.Raw,
-        *, server_side: bool = False,
+        *, server_side: bool = False, turn: SendTurn | None = None,
     ) -> SendResult:
         """Store a message and push it; returns once it is durably committed.
 
         A resend of the same ``mid`` returns the original seq (``dup``); the same
-        ``mid`` with another payload raises IdempotencyConflict.
+        ``mid`` with another payload raises IdempotencyConflict.  With a ``turn``
+        (see ``SendOrder``) the message is queued for storage only after the
+        previous send of the same device was queued or refused, so a device's
+        messages are stored in the order it sent them even when a check before
+        storage has to wait for the database.
         """
-        now = self.clock.now_ms()
-        if not server_side:
-            check_message_id(
-                mid, actor.user_id, actor.device_id, now,
-                self.limits.mid_max_past_ms, self.limits.mid_max_future_ms,
-            )
-        _, canonical = validate_body(kind, body, self.limits)
-        members = await self._membership(actor, conv)
-        await self._check_policy(actor, members)
-        result = await self.batcher.submit(NewMessage(
-            tenant_id=actor.tenant_id, conversation_id=conv, msg_id=mid,
-            sender_id=actor.user_id, sender_device=actor.device_id, kind=kind,
-            body=canonical, digest=digest_of(conv, kind, canonical), created_at=now,
-        ))
+        try:
+            now = self.clock.now_ms()
+            if not server_side:
+                check_message_id(
+                    mid, actor.user_id, actor.device_id, now,
+                    self.limits.mid_max_past_ms, self.limits.mid_max_future_ms,
+                )
+            _, canonical = validate_body(kind, body, self.limits)
+            members = await self._membership(actor, conv)
+            await self._check_policy(actor, members)
+            if turn is not None and turn.previous is not None:
+                await turn.previous
+            committed = self.batcher.enqueue(NewMessage(
+                tenant_id=actor.tenant_id, conversation_id=conv, msg_id=mid,
+                sender_id=actor.user_id, sender_device=actor.device_id, kind=kind,
+                body=canonical, digest=digest_of(conv, kind, canonical), created_at=now,
+            ))
+        finally:
+            if turn is not None:
+                turn.done()
+        result = await committed
         if not result.ok:
             _raise_for(result)
         assert result.seq is not None and result.created_at is not None

@@ -22,7 +22,7 @@ from parley.errors import ParleyError, RateLimited
 from parley.gateway.seam import Connection
 from parley.hub.hub import LocalHub
 from parley.hub.presence import PresenceState
-from parley.messaging.service import Actor, MessagingService, msg_frame
+from parley.messaging.service import Actor, MessagingService, SendOrder, msg_frame
 from parley.metrics import Metrics
 from parley.protocol import (
     Ack,
@@ -84,7 +84,7 @@ class DeviceSession:
     """One connected device: limits, inflight pushes, running requests."""
 
     __slots__ = (
-        "actor", "conn", "front", "inflight", "requests", "send_bucket", "typing_at",
+        "actor", "conn", "front", "inflight", "requests", "send_bucket", "send_order", "typing_at",
     )
 
     def __init__(self, front: WebSocketFront, conn: Connection) -> None:
@@ -99,6 +99,7 @@ class DeviceSession:
         )
         self.send_bucket = TokenBucket(cfg.send_rate_per_s, cfg.send_burst)
         self.typing_at: dict[int, int] = {}
+        self.send_order = SendOrder()
         self.requests = 0
 
     # -- DeviceSink ----------------------------------------------------------------
@@ -364,7 +365,8 @@ class WebSocketFront:
 
     async def _send(self, session: DeviceSession, f: Send) -> None:
         started = self.clock.monotonic()
-        r = await self.service.send(session.actor, f.conv, f.mid, f.kind, f.body)
+        r = await self.service.send(session.actor, f.conv, f.mid, f.kind, f.body,
+                                    turn=session.send_order.turn())
         session.conn.send(encode(Sent(
             rid=f.rid, conv=r.conv, mid=r.mid, seq=r.seq, ts=r.ts, dup=r.dup
         )))

@@ -129,6 +129,11 @@ class WriteBatcher:
         when the batch's transaction failed or the batcher is not running --
         in both cases the message is not stored, and resending it is safe.
         """
+        return await self.enqueue(msg)
+
+    def enqueue(self, msg: NewMessage) -> asyncio.Future[AppendResult]:
+        """Queue ``msg`` now (messages of one conversation are stored in queueing
+        order); the future resolves once committed.  Raises as ``submit``."""
         if not self._running:
             raise Unavailable("the message store is not accepting messages")
         if self._pending >= self._max_pending:
@@ -140,7 +145,7 @@ class WriteBatcher:
         part.queue.append((msg, fut))
         self._pending += 1
         part.wake.set()
-        return await fut
+        return fut
 
     async def _run(self, part: _Partition) -> None:
         try:
