@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
@@ -85,6 +86,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, SQLAlchemyError | OSError | TimeoutError):  # database unreachable
+            log.warning("database unavailable on %s %s: %s", request.method,
+                        request.url.path, type(exc).__name__)
+            return error_response(request, 503, "unavailable",
+                                  "the database is unavailable; retry")
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(request, 500, "internal", "internal error")
 

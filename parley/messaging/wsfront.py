@@ -17,8 +17,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from parley.clock import Clock
-from parley.errors import ParleyError, RateLimited
+from parley.errors import ParleyError, RateLimited, Unavailable
 from parley.gateway.seam import Connection
 from parley.hub.hub import LocalHub
 from parley.hub.presence import PresenceState
@@ -330,6 +332,12 @@ class WebSocketFront:
         except ParleyError as exc:
             if rid is not None:
                 self._error(session, rid, exc)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            # The database failed (unreachable, connection cut): nothing was stored by
+            # this request, so the client may retry -- never a non-retryable "internal".
+            log.warning("request failed, database unavailable: %s", type(exc).__name__)
+            if rid is not None:
+                self._error(session, rid, Unavailable("the database is unavailable; retry"))
         except Exception:
             log.exception("request failed")
             if rid is not None:
