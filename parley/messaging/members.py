@@ -9,7 +9,6 @@ the commit, so a stale entry can delay a push but never let an outsider write.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,34 +39,14 @@ class MembershipCache:
         self._entries: TtlCache[tuple[int, int], ConvMembers] = TtlCache(
             clock, ttl_s, max_entries
         )
-        self._loading: dict[tuple[int, int], asyncio.Future[ConvMembers | None]] = {}
         self.listener: Callable[[int, int], None] | None = None
         """Told of every ``invalidate`` (the cluster tells the other nodes)."""
 
     async def get(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         """The conversation's members, or None if it does not exist in this tenant."""
-        key = (tenant_id, conv_id)
-        hit = self._entries.get(key)
-        if hit is not None:
-            return hit
-        pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[ConvMembers | None] = asyncio.get_running_loop().create_future()
-        self._loading[key] = fut
-        try:
-            value = await self._load(tenant_id, conv_id)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters (if any) re-raise it
-            raise
-        else:
-            fut.set_result(value)
-        finally:
-            self._loading.pop(key, None)
-        if value is not None:
-            self._entries.put(key, value)
-        return value
+        return await self._entries.load(
+            (tenant_id, conv_id), lambda: self._load(tenant_id, conv_id)
+        )
 
     def peek(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         """The cached entry if present and fresh; never loads."""

@@ -51,23 +51,25 @@ class SendPolicy:
         )
 
     async def direct_rule(self, tenant_id: int, sender: int, peer: int) -> DirectRule:
-        key = (tenant_id, sender, peer)
-        rule = self._direct.get(key)
-        if rule is None:
-            rule = await self.social.direct_rule(tenant_id, sender, peer)
-            self._direct.put(key, rule)
+        rule = await self._direct.load(
+            (tenant_id, sender, peer), lambda: self.social.direct_rule(tenant_id, sender, peer)
+        )
+        assert rule is not None
         return rule
 
     async def strangers_allowed(self, tenant_id: int) -> bool:
         """The effective stranger policy of a tenant: its own setting, else the node's."""
         if self._tenants is None:
             return self.stranger_messages
-        allowed = self._strangers.get(tenant_id)
-        if allowed is None:
-            tenant = await self._tenants.tenant(tenant_id)
+        tenants = self._tenants
+
+        async def load() -> bool:
+            tenant = await tenants.tenant(tenant_id)
             own = tenant.stranger_messages if tenant is not None else None
-            allowed = self.stranger_messages if own is None else own
-            self._strangers.put(tenant_id, allowed)
+            return self.stranger_messages if own is None else own
+
+        allowed = await self._strangers.load(tenant_id, load)
+        assert allowed is not None
         return allowed
 
     async def check_direct(self, tenant_id: int, sender: int, peer: int) -> None:
@@ -80,11 +82,10 @@ class SendPolicy:
 
     async def check_group(self, tenant_id: int, conv: int, sender: int) -> None:
         """Raise Forbidden when ``sender`` is muted in the group (or the whole group is)."""
-        key = (tenant_id, conv)
-        rules = self._groups.get(key)
-        if rules is None:
-            rules = await self.social.group_rules(tenant_id, conv)
-            self._groups.put(key, rules)
+        rules = await self._groups.load(
+            (tenant_id, conv), lambda: self.social.group_rules(tenant_id, conv)
+        )
+        assert rules is not None
         if rules.all_muted and sender not in rules.privileged:
             raise Forbidden("the group is muted: only its owner and admins may send")
         until = rules.muted_until.get(sender, 0)
