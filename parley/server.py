@@ -208,7 +208,7 @@ class Node:
         self.hub = LocalHub(max_devices_per_user=s.max_devices_per_user)
         router: ClusterRouter | LocalHub = self.hub
         if s.clustered:  # every push and socket close goes through the cluster's router
-            self.cluster = ClusterNode(s, self.hub)
+            self.cluster = ClusterNode(s, self.hub, self.metrics.registry)
             router = self.cluster.router
         self.sessions = SessionService(
             SessionStore(db), self.tokens, self.revocations, router, self.clock,

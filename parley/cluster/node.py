@@ -23,7 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from parley.auth.sessions import RevocationList, SessionService
 from parley.cluster.links import Links
@@ -44,7 +48,8 @@ _SERVING = frozenset({"active", "draining", "joining"})
 
 
 class ClusterNode:
-    def __init__(self, settings: Settings, hub: LocalHub) -> None:
+    def __init__(self, settings: Settings, hub: LocalHub,
+                 registry: CollectorRegistry | None = None) -> None:
         if settings.cluster_secret is None:
             raise ConfigError(
                 "cluster_secret is required with cluster_peers: every node of a cluster needs "
@@ -62,6 +67,8 @@ class ClusterNode:
         self._view: ClusterView | None = None
         self._epoch = -1
         self._unsubscribe: Any = None
+        if registry is not None:
+            registry.register(ClusterCollector(self))
 
     # -- placement (hot path: no locks, no awaits) ---------------------------------------
     def _owner(self, user_id: int) -> str | None:
@@ -213,6 +220,79 @@ class ClusterNode:
                 for p in st.peers.values()
             }
         return out
+
+
+class ClusterCollector(Collector):
+    """``parley_cluster_*``: the cluster as this node sees it, read at scrape time."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    def describe(self) -> list[Metric]:
+        return []  # values come and go with the cluster's members
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        membership = node.membership
+        if membership is None:
+            return
+        view = membership.snapshot()
+        counts = view.slots_per_node()
+        yield GaugeMetricFamily("parley_cluster_is_leader",
+                                "1 if this node leads the cluster (fenced).",
+                                value=1 if view.is_leader else 0)
+        yield GaugeMetricFamily("parley_cluster_has_quorum",
+                                "1 if this node's raft side has a quorum.",
+                                value=1 if view.has_quorum else 0)
+        yield GaugeMetricFamily("parley_cluster_raft_term", "Current raft term.",
+                                value=view.raft_term)
+        yield GaugeMetricFamily("parley_cluster_epoch", "Slot map epoch.", value=view.epoch)
+        yield GaugeMetricFamily("parley_cluster_fencing_token", "Fencing token of the leader.",
+                                value=view.fencing_token)
+        states = GaugeMetricFamily("parley_cluster_nodes", "Cluster members by state.",
+                                   labels=["state"])
+        by_state: dict[str, int] = {}
+        for info in view.nodes.values():
+            by_state[info.state] = by_state.get(info.state, 0) + 1
+        for state in ("joining", "active", "draining", "leaving", "dead"):
+            states.add_metric([state], by_state.get(state, 0))
+        yield states
+        slots = GaugeMetricFamily("parley_cluster_slots", "Hash slots owned, per node.",
+                                  labels=["node"])
+        for node_id in view.nodes:
+            slots.add_metric([node_id], counts.get(node_id, 0))
+        yield slots
+        yield GaugeMetricFamily("parley_cluster_sessions", "WebSocket sessions on this node.",
+                                value=node.hub.session_count)
+        routed = CounterMetricFamily("parley_cluster_forwards",
+                                     "Records this node's router forwarded to other nodes, "
+                                     "by outcome.", labels=["outcome"])
+        routed.add_metric(["queued"], node.router.forwarded)
+        routed.add_metric(["dropped"], node.router.dropped)
+        routed.add_metric(["reforwarded"], node.router.reforwarded)
+        yield routed
+        links = node.links
+        if links is not None:
+            stats = links.stats()
+            up = GaugeMetricFamily("parley_cluster_link_up", "1 while the link to a peer is up.",
+                                   labels=["peer"])
+            sent = CounterMetricFamily("parley_cluster_link_records",
+                                       "Records over inter-node links.",
+                                       labels=["peer", "direction"])
+            dropped = CounterMetricFamily("parley_cluster_link_dropped",
+                                          "Records dropped by a link, by reason.",
+                                          labels=["peer", "reason"])
+            for p in stats.peers.values():
+                up.add_metric([p.node_id], 1 if p.state == "up" else 0)
+                sent.add_metric([p.node_id, "out"], p.sent)
+                sent.add_metric([p.node_id, "in"], p.received)
+                dropped.add_metric([p.node_id, "down"], p.dropped_down)
+                dropped.add_metric([p.node_id, "full"], p.dropped_full)
+                dropped.add_metric([p.node_id, "too_big"], p.dropped_too_big)
+                dropped.add_metric([p.node_id, "discarded"], p.discarded)
+            yield up
+            yield sent
+            yield dropped
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -226,7 +226,7 @@ async def _take(c: ParleyClient, n: int) -> AsyncIterator[Any]:
         yield await anext(it)
 
 
-async def test_status_needs_the_secret(cluster: LocalCluster) -> None:
+async def test_status_needs_the_secret_and_metrics_agree(cluster: LocalCluster) -> None:
     async with httpx.AsyncClient() as http:
         r = await http.get(f"{cluster.http(0)}/cluster/status")
         assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
@@ -236,3 +236,22 @@ async def test_status_needs_the_secret(cluster: LocalCluster) -> None:
     out = run_cli("cluster", "status", "--url", cluster.http(0),
                   env={"PARLEY_CLUSTER_SECRET": cluster.secret})
     assert out.returncode == 0 and "node-1" in out.stdout, out.stderr
+
+    # The same numbers in every node's /metrics.
+    leaders = 0
+    async with httpx.AsyncClient() as http:
+        for i in range(NODES):
+            text = (await http.get(f"{cluster.http(i)}/metrics")).text
+            samples = dict(
+                line.rsplit(" ", 1) for line in text.splitlines()
+                if line.startswith("parley_cluster_")
+            )
+            slots = [float(v) for k, v in samples.items() if k.startswith("parley_cluster_slots{")]
+            assert sum(slots) == 16384 and len(slots) == NODES
+            assert float(samples['parley_cluster_nodes{state="active"}']) == NODES
+            assert float(samples["parley_cluster_has_quorum"]) == 1
+            leaders += int(float(samples["parley_cluster_is_leader"]))
+            ups = [k for k, v in samples.items()
+                   if k.startswith("parley_cluster_link_up{") and float(v) == 1]
+            assert len(ups) == NODES - 1, ups
+    assert leaders == 1
