@@ -415,3 +415,4 @@ def conv_group(config_file: Path | None, data_dir: Path | None, database_url: st
     click.echo(_with_accounts(settings, tenant, create))
 main.add_command(__import__("parley.bench.cli", fromlist=["bench"]).bench)
 main.add_command(__import__("parley.cluster.cli", fromlist=["cluster"]).cluster)
+main.add_command(__import__("parley.cluster.chaos", fromlist=["chaos_command"]).chaos_command())
