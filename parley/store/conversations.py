@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import RowMapping, delete, func, select, update
+from sqlalchemy import RowMapping, Select, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.errors import BadRequest, NotFound
@@ -69,6 +69,31 @@ def _check_role(role: str) -> None:
     if role not in MEMBER_ROLES:
         raise ValueError(f"unknown member role {role!r}")
 
+
+
+def _direct_peers() -> Select[int]:
+    # Built once: building the aliases per call cost more CPU than the query
+    # (profile of 1,000 devices connecting: 18% of the node in Column._make_proxy).
+    mine = members.alias("mine")
+    theirs = members.alias("theirs")
+    return (
+        select(theirs.c.user_id)
+        .select_from(
+            mine.join(theirs, theirs.c.conversation_id == mine.c.conversation_id).join(
+                conversations, conversations.c.id == mine.c.conversation_id
+            )
+        )
+        .where(
+            mine.c.tenant_id == bindparam("tenant_id"),
+            mine.c.user_id == bindparam("user_id"),
+            theirs.c.user_id != bindparam("user_id"),
+            conversations.c.kind == "direct",
+        )
+        .distinct()
+    )
+
+
+_DIRECT_PEERS = _direct_peers()
 
 class ConversationStore:
     """Repository for conversations and members; stateless apart from its database."""
@@ -332,22 +357,6 @@ class ConversationStore:
     async def direct_peers(self, tenant_id: int, user_id: int) -> list[int]:
         """The users who share a direct conversation with ``user_id`` (their
         presence audience until contacts exist)."""
-        mine = members.alias("mine")
-        theirs = members.alias("theirs")
-        stmt = (
-            select(theirs.c.user_id)
-            .select_from(
-                mine.join(theirs, theirs.c.conversation_id == mine.c.conversation_id).join(
-                    conversations, conversations.c.id == mine.c.conversation_id
-                )
-            )
-            .where(
-                mine.c.tenant_id == tenant_id,
-                mine.c.user_id == user_id,
-                theirs.c.user_id != user_id,
-                conversations.c.kind == "direct",
-            )
-            .distinct()
-        )
         async with self._db.reader.connect() as conn:
-            return [int(r[0]) for r in await conn.execute(stmt)]
+            rows = await conn.execute(_DIRECT_PEERS, {"tenant_id": tenant_id, "user_id": user_id})
+            return [int(r[0]) for r in rows]

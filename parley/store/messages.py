@@ -33,7 +33,8 @@ conversations, look up the ids, check membership, bump the seqs, insert, move
 the senders' read cursors, and one tombstone update when the batch holds
 recalls.  On PostgreSQL each takes all rows at once through ``unnest()`` of
 array parameters, and the transaction plans every statement for its actual
-parameters (``plan_cache_mode = force_custom_plan``): a generic plan of the id
+parameters (``plan_cache_mode = force_custom_plan``, a setting of the
+writer's connections, see ``parley.store.database``): a generic plan of the id
 lookup, chosen while the table was small, scans a tenant's rows comparing each
 with every id of the batch.
 
@@ -405,8 +406,6 @@ class MessageStore:
 
     async def _append_once(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
         async with self._db.writer.begin() as conn:
-            if self._pg:
-                await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
             return await self._append(conn, batch)
 
     async def _append(
