@@ -31,7 +31,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -76,14 +76,15 @@ _JSON: Final = msgspec.json.Encoder()
 class ParleyClient:
     """One device's connection to a Parley server.  See the module docstring.
 
-    ``url`` is the WebSocket endpoint (``ws://host:port/v1/ws``); ``?device=``
-    is added.  Create it anywhere, then ``await connect()`` (or ``async with``)
+    ``url`` is the WebSocket endpoint (``ws://host:port/v1/ws``), or several
+    (the nodes of a cluster: when one cannot be reached the next is tried);
+    ``?device=`` is added.  Create it anywhere, then ``await connect()`` (or ``async with``)
     inside a running loop; every method runs on that loop only.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: TokenSource,
         device_id: str,
         *,
@@ -140,7 +141,9 @@ class ParleyClient:
         self._send_slots = Slots(max_outbox)
         self._request_slots = Slots(max_requests)
         self._life = Lifecycle(
-            self._session, with_device(url, device_id), token, device_id,
+            self._session,
+            [with_device(u, device_id) for u in ([url] if isinstance(url, str) else url)],
+            token, device_id,
             reconnect=reconnect, backoff=backoff or Backoff(), rng=self._rng,
             connect_timeout=connect_timeout, close_timeout=close_timeout,
             ping_interval=ping_interval, max_frame_bytes=max_frame_bytes,

@@ -24,7 +24,7 @@ import contextlib
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -55,14 +55,17 @@ class Lifecycle:
     """Connection management for one client (see the module docstring)."""
 
     def __init__(
-        self, session: Session, url: str, token: TokenSource, device_id: str, *,
+        self, session: Session, urls: Sequence[str], token: TokenSource, device_id: str, *,
         reconnect: bool, backoff: Backoff, rng: random.Random, connect_timeout: float,
         close_timeout: float, ping_interval: float | None, max_frame_bytes: int,
         on_finish: Callable[[ParleyClientError | None], None],
     ) -> None:
         self._session = session
-        self._url = url
-        self._seed_url = url
+        if not urls:
+            raise ValueError("at least one url")
+        self._seeds = list(urls)
+        self._seed = 0
+        self._url = self._seeds[0]
         self._token = token
         self._device = device_id
         self._reconnect = reconnect
@@ -126,8 +129,10 @@ class Lifecycle:
         redirects (a ``reconnect`` frame with reason ``moved``, then close 4010);
         raise on any failure.  A failure on a redirected address sends the next
         attempt back to the address the client started from, which knows where the
-        user lives now (the node it was sent to may be gone)."""
-        for _ in range(MAX_REDIRECTS):
+        user lives now (the node it was sent to may be gone); a failure on a start
+        address moves on to the next one, each tried once per call."""
+        seeds_failed = 0
+        for _ in range(MAX_REDIRECTS + len(self._seeds)):
             try:
                 return await self._open_once()
             except ConnectionFailed:
@@ -136,12 +141,17 @@ class Lifecycle:
                 if hint is not None and hint.reason == "moved" and hint.url:
                     self._url = with_device(hint.url, self._device)
                     continue
-                if self._url == self._seed_url:
-                    raise
+                if self._url in self._seeds:  # a start address failed: try the next one
+                    self._seed = (self._seed + 1) % len(self._seeds)
+                    self._url = self._seeds[self._seed]
+                    seeds_failed += 1
+                    if seeds_failed >= len(self._seeds):
+                        raise
+                    continue
                 log.info("parley client %s: %s unreachable, back to %s",
-                         self._device, self._url, self._seed_url)
-                self._url = self._seed_url
-        self._url = self._seed_url
+                         self._device, self._url, self._seeds[self._seed])
+                self._url = self._seeds[self._seed]
+        self._url = self._seeds[self._seed]
         raise ConnectionFailed(f"redirected more than {MAX_REDIRECTS} times")
 
     async def _open_once(self) -> Link:

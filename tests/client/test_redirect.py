@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from parley.client import decode_body
+import pytest
+
+from parley.client import ConnectionFailed, ParleyClient, decode_body
 from parley.protocol import CloseCode
-from tests.client.test_node import T, client, pair, texts
+from tests.client.test_node import FAST, T, client, pair, texts
 from tests.e2e.conftest import World
 from tests.waiting import until
 
@@ -95,3 +97,15 @@ async def test_unreachable_redirect_falls_back_to_the_start_address(world: World
         # seed -> moved to a dead port -> connection refused -> seed again -> served
         assert c.connected
         assert placement.calls == 2
+
+
+async def test_several_start_addresses_are_tried_in_turn(world: World) -> None:
+    a, _, _ = await pair(world)
+    dead = f"ws://127.0.0.1:{closed_port()}/v1/ws"
+    c = ParleyClient([dead, world.ws_url], world.token(a), "a2", backoff=FAST)
+    async with asyncio.timeout(T), c:
+        assert c.connected and c.user_id == a
+    only_dead = ParleyClient([dead], world.token(a), "a3", backoff=FAST)
+    async with asyncio.timeout(T):
+        with pytest.raises(ConnectionFailed):
+            await only_dead.connect()
