@@ -13,8 +13,10 @@ run's JSON into ``--out``, and prints the table.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -52,9 +54,23 @@ SERVERS = {
 }
 
 
-def run_bench(args: list[str], out: Path, log: Path, timeout_s: float) -> dict[str, Any] | None:
+@dataclass
+class Running:
+    """A server compare started itself: the bench runs get ``--url`` and ``--server-pid``."""
+
+    args: list[str]
+    env: dict[str, str]
+
+
+def run_bench(args: list[str], out: Path, log: Path, timeout_s: float,
+              running: Running | None = None) -> dict[str, Any] | None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PARLEY_DATABASE_URL": PARLEY_PG}
-    cmd = [str(PARLEY), "bench", *args, "--start", "--quiet", "--json", str(out)]
+    where = ["--start"]
+    if running is not None:
+        env |= running.env
+        where = running.args
+        args = [a for a in args if a not in ("--backend", "postgres")]
+    cmd = [str(PARLEY), "bench", *args, *where, "--quiet", "--json", str(out)]
     print("  $", " ".join(cmd[1:]), flush=True)
     with log.open("a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
@@ -71,24 +87,72 @@ def run_bench(args: list[str], out: Path, log: Path, timeout_s: float) -> dict[s
     return result
 
 
+async def start_server(s: Server) -> tuple[Any, Running]:
+    """Start ``s`` through its Target (as ``--start`` would) and say how to reach it."""
+    from parley.bench.targets import TargetOptions, Topology, load_target
+
+    os.environ.setdefault("PARLEY_DATABASE_URL", PARLEY_PG)
+    spec = s.target[1] if s.target[0] == "--target" else "parley"
+    target = load_target(spec, TargetOptions(start=True, backend="postgres"))
+    await target.start()
+    prov = await target.provision(Topology(run_id="compareprobe", users=2, directs=((0, 1),)))
+    args = ["--url", prov.urls[0]] + [f"--server-pid={p}" for p in target.server_pids()]
+    env: dict[str, str] = {}
+    node = getattr(target, "node", None)
+    if node is not None:  # Parley: provisioning writes into the node's schema
+        db = node.database_overrides()
+        args += ["--database-url", str(db["database_url"])]
+        env["PARLEY_DATABASE_SCHEMA"] = str(db.get("database_schema") or "")
+    return target, Running(args, env)
+
+
 def measure(s: Server, a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Warm runs: one server for all of s's runs, after an untimed warm-up chat."""
+    if a.cold or s.key == "synapse":  # the CLI takes only ws:// for --url
+        return measure_runs(s, a, out, None)
+    return asyncio.run(warm(s, a, out))
+
+
+async def warm(s: Server, a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    target, running = await start_server(s)
+    try:
+        running.args += ["--run-id", "c" + secrets.token_hex(4)]
+        await asyncio.to_thread(
+            run_bench, ["chat", *s.target, "--users", str(a.users), "--rate", str(s.start_rate),
+                        "--duration", str(a.warmup)], out / f"{s.key}-warmup.json",
+            out / f"{s.key}.log", 300 + a.warmup, running)
+        return await asyncio.to_thread(measure_runs, s, a, out, running)
+    finally:
+        await target.close()
+
+
+def measure_runs(s: Server, a: argparse.Namespace, out: Path,
+                 running: Running | None) -> dict[str, Any]:
     log = out / f"{s.key}.log"
     common = [*s.target, "--users", str(a.users)]
     steps = a.max_steps
     bound = s.p99_ms or a.p99_ms
-    mx = run_bench(["max", "--scenario", "chat", *common, "--p99-ms", str(bound),
-                    "--start-rate", str(s.start_rate * a.rate_scale), "--factor", str(a.factor),
-                    "--step", str(a.step), "--max-steps", str(steps)],
-                   out / f"{s.key}-max.json", log, 300 + steps * (a.step + 20))
+    runs = []
+    for i in range(a.repeat):  # best of N: noise from other load only ever lowers a max
+        got = run_bench(["max", "--scenario", "chat", *common, "--p99-ms", str(bound),
+                         "--start-rate", str(s.start_rate * a.rate_scale),
+                         "--factor", str(a.factor), "--step", str(a.step),
+                         "--max-steps", str(steps)],
+                        out / f"{s.key}-max{i + 1}.json", log, 300 + steps * (a.step + 20),
+                        running)
+        if got is not None:
+            runs.append(got)
+    mx = max(runs, key=lambda r: float(r["max_rate_per_s"]), default=None)
     rate = s.fixed_rate
     fx = run_bench(["chat", *common, "--rate", str(rate), "--duration", str(a.duration)],
-                   out / f"{s.key}-chat.json", log, 300 + a.duration * 3)
+                   out / f"{s.key}-chat.json", log, 300 + a.duration * 3, running)
     row: dict[str, Any] = {"server": s.key, "label": s.label, "fixed_rate": rate,
                            "p99_bound_ms": bound}
     if mx is not None:
         passing = [st for st in mx.get("steps", []) if st["rate"] == mx["max_rate_per_s"]]
         best = passing[-1] if passing else {}
         row |= {"max_rate_per_s": mx["max_rate_per_s"],
+                "max_rate_runs": [r["max_rate_per_s"] for r in runs],
                 "max_throughput_per_s": best.get("throughput_per_s", 0.0),
                 "max_deliveries_per_s": best.get("deliveries_per_s", 0.0),
                 "max_ack_p99_ms": best.get("ack_ms", {}).get("p99"),
@@ -117,7 +181,8 @@ def table(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
     parley = next((r for r in rows if r["server"] == "parley"), None)
     base = parley.get("max_rate_per_s") if parley else None
     lines = [
-        f"chat, {a.users} users in 1:1 pairs, open loop; max = highest step (x{a.factor} per "
+        f"chat, {a.users} users in 1:1 pairs, open loop; max = best of {a.repeat} searches, "
+        f"each the highest step (x{a.factor} per "
         f"{a.step:g} s step) with p99 send->ack within the bound and nothing lost, "
         "duplicated or reordered; latencies at the fixed rate shown.",
         "",
@@ -151,13 +216,20 @@ def main() -> None:
     p.add_argument("--rate-scale", type=float, default=1.0,
                    help="multiply every server's first max step (to skip low steps)")
     p.add_argument("--p99-ms", type=float, default=50.0)
+    p.add_argument("--repeat", type=int, default=2, help="max searches per server (best kept)")
     p.add_argument("--duration", type=float, default=10.0, help="fixed-rate run, seconds")
-    p.add_argument("--quick", action="store_true", help="--step 2 --duration 5")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="seconds of untimed chat at the first step's rate before measuring")
+    p.add_argument("--cold", action="store_true",
+                   help="start a fresh server for every run, no warm-up")
+    p.add_argument("--quick", action="store_true", help="--step 2 --duration 5 --repeat 1")
     p.add_argument("--out", type=Path, default=None,
                    help="results directory [default: bench/peers/results/<time>]")
     a = p.parse_args()
+    if str(ROOT) not in sys.path:  # the peers' targets, for servers compare starts itself
+        sys.path.insert(0, str(ROOT))
     if a.quick:
-        a.step, a.duration = 2.0, 5.0
+        a.step, a.duration, a.repeat = 2.0, 5.0, 1
     keys = [k.strip() for k in a.peers.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SERVERS]
     if unknown:
