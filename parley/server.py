@@ -238,6 +238,7 @@ class Node:
         await self.front.start()
         if self.cluster is not None:
             self.cluster.attach(self.service, self.sessions, self.revocations, self.front)
+            self.cluster.db_ping = db.ping
         self.gateway = GatewayServer(
             GatewayConfig(
                 host=s.host, port=s.effective_ws_port, allowed_origins=s.allowed_origins,

@@ -438,9 +438,9 @@ class Checker:
         return len(self.convs)
 
     def _client(self, i: int) -> ParleyClient:
-        seed = self.seeds[i % len(self.seeds)]
+        k = i % len(self.seeds)  # start addresses rotated: clients spread their first hop
         return ParleyClient(
-            seed, self.credentials[i], f"chaos{i}", echo=False,
+            self.seeds[k:] + self.seeds[:k], self.credentials[i], f"chaos{i}", echo=False,
             backoff=Backoff(initial=0.1, maximum=1.0), ping_interval=self.ping_interval_s,
             connect_timeout=5.0,
         )
@@ -653,6 +653,12 @@ class Checker:
             c.latency_max_ms = round(1000 * latencies[-1], 1)
         return c
 
+    def clients_on(self, ws_url: str) -> list[ParleyClient]:
+        """The clients whose connection is (or was last) to the node at ``ws_url``."""
+        prefix = ws_url.split("?")[0]
+        return [c for c in self.senders + self.receivers
+                if c._life._url.split("?")[0] == prefix]
+
     def max_outage_s(self, pairs: Sequence[int] | None = None) -> float:
         """The longest any of these senders waited for an ack (send start to ack)."""
         worst = 0.0
@@ -838,8 +844,14 @@ class Faults:
         others moved its slots, its readiness after restart, and the map's convergence."""
         r = FaultResult("kill -9 + restart", self.nodes.nodes[i].node_id, down_s)
         self.out(f"kill -9 {r.node}; restart in {down_s:g} s")
+        victim_url = self.nodes.nodes[i].ws_url
+        checker = self.cluster.checker
+        stranded = checker.clients_on(victim_url) if checker is not None else []
         t0 = time.monotonic()
         await self.nodes.kill(i)
+        if stranded:
+            r.measures["clients_on_victim"] = len(stranded)
+            r.measures["served_again_s"] = await _served_again(stranded, victim_url, 30)
         await self.nodes.wait_converged(self._others(i), 30, gone=i)
         r.measures["slots_moved_s"] = time.monotonic() - t0
         await asyncio.sleep(max(0.0, down_s - (time.monotonic() - t0)))  # the fault's duration
@@ -1084,3 +1096,16 @@ async def _schema(url: str, action: str, name: str | None = None) -> str:
     finally:
         await conn.close()
     return name
+
+
+async def _served_again(clients: Sequence[ParleyClient], gone_url: str, deadline_s: float
+                        ) -> float:
+    """Seconds until every client is connected again to another node than ``gone_url``."""
+    prefix = gone_url.split("?")[0]
+    start = time.monotonic()
+    end = start + deadline_s
+    while time.monotonic() < end:
+        if all(c.connected and c._life._url.split("?")[0] != prefix for c in clients):
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)  # polled: the clients announce nothing outside
+    raise TimeoutError(f"clients of {gone_url} not served again within {deadline_s} s")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -59,6 +59,7 @@ class ClusterNode:
         self.node_id = settings.effective_node_id
         self.secret = settings.cluster_secret.get_secret_value()
         self.router = ClusterRouter(hub, self.node_id, self._owner)
+        self.router.on_up = self.on_peer_up
         self.hub = hub
         self.membership: ClusterMembership | None = None
         self.links: Links | None = None
@@ -67,6 +68,10 @@ class ClusterNode:
         self._view: ClusterView | None = None
         self._epoch = -1
         self._unsubscribe: Any = None
+        self._fenced_out = False
+        self._escape_url: str | None = None
+        self._quorum_timer: asyncio.TimerHandle | None = None
+        self.db_ping: Callable[[], Awaitable[None]] | None = None
         if registry is not None:
             registry.register(ClusterCollector(self))
 
@@ -78,16 +83,28 @@ class ClusterNode:
         return view.replica.slots.owner(slot_of_user(user_id))
 
     def placement(self, user_id: int) -> str | None:
-        """The URL of the node serving ``user_id``, or None to serve here (this node
-        serves it, or the map does not know, or its node is dead)."""
+        """The URL of the node serving ``user_id``, or None to serve here.
+
+        Here: this node owns the user's slot, or the map does not know, or the
+        owner is dead or unreachable from here (until the leader moves its slots,
+        the devices are better served here than refused; they are sent on when
+        the owner's link comes back or the map changes).  A node that has lost
+        its quorum for longer than ``cluster_dead_after_s`` keeps nobody: the
+        majority has taken its slots over, so it sends every user to a node of
+        the majority."""
         view = self._view
         if view is None:
             return None
+        if self._fenced_out:
+            return self._escape_url
         owner = view.replica.slots.owner(slot_of_user(user_id))
         if owner is None or owner == self.node_id:
             return None
         info = view.nodes.get(owner)
         if info is None or info.state not in _SERVING:
+            return None
+        links = self.links
+        if links is not None and not links.is_up(owner):
             return None
         return info.ws_url
 
@@ -153,8 +170,70 @@ class ClusterNode:
         self._unsubscribe = self.membership.on_change(self._on_view)
         self._on_view(self.membership.snapshot())
 
+    def _evict(self, why: str) -> None:
+        if self.front is not None:
+            moved = self.front.evict_moved()
+            if moved:
+                _log.info("%s: %d sessions sent to other nodes", why, moved)
+
+    def _watch_quorum(self, view: ClusterView) -> None:
+        """Start (or cancel) the clock after which a node without quorum steps aside."""
+        if view.has_quorum or len(view.nodes) < 2:
+            if self._quorum_timer is not None:
+                self._quorum_timer.cancel()
+                self._quorum_timer = None
+            if self._fenced_out:
+                self._fenced_out = False
+                _log.info("quorum regained: serving users again")
+            return
+        if self._quorum_timer is None and not self._fenced_out:
+            self._quorum_timer = asyncio.get_running_loop().call_later(
+                self.settings.cluster_dead_after_s, self._step_aside
+            )
+
+    def _step_aside(self) -> None:
+        self._quorum_timer = None
+        task = asyncio.get_running_loop().create_task(self._maybe_step_aside())
+        task.add_done_callback(_log_failure)
+
+    async def _maybe_step_aside(self) -> None:
+        """No quorum for ``cluster_dead_after_s``.  If the database answers, keep
+        serving: messages need the database, not raft, and the other nodes may be
+        dead rather than cut off.  If it does not either, this node is the cut-off
+        side: the majority has taken its users over, so send them there."""
+        view = self._view
+        if view is None or view.has_quorum or self.db_ping is None:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await self.db_ping()
+        except Exception:  # noqa: BLE001 - any failure means "unreachable"
+            reachable = False
+        else:
+            reachable = True
+        view = self._view
+        if view is None or view.has_quorum:
+            return
+        if reachable:  # look again later
+            self._watch_quorum(view)
+            return
+        others = [n for n in view.nodes.values()
+                  if n.id != self.node_id and n.state in _SERVING and n.ws_url]
+        if not others:
+            return
+        self._fenced_out = True
+        self._escape_url = others[0].ws_url
+        _log.warning("no quorum and no database for %.0f s: sending every user to the "
+                     "other nodes", self.settings.cluster_dead_after_s)
+        self._evict("cut off")
+
+    def on_peer_up(self, peer: str) -> None:
+        """A node is reachable again: its users served here meanwhile go back to it."""
+        self._evict(f"{peer} reachable again")
+
     def _on_view(self, view: ClusterView) -> None:
         self._view = view
+        self._watch_quorum(view)
         links = self.links
         if links is not None:
             peers = {}
@@ -166,11 +245,7 @@ class ClusterNode:
             links.set_peers(peers)
         if view.epoch != self._epoch:
             self._epoch = view.epoch
-            if self.front is not None:
-                moved = self.front.evict_moved()
-                if moved:
-                    _log.info("slot map epoch %d: %d sessions moved to other nodes",
-                              view.epoch, moved)
+            self._evict(f"slot map epoch {view.epoch}")
 
     async def drain(self, timeout_s: float = 5.0) -> bool:
         """Move this node's users to the other nodes (before a graceful stop).
@@ -194,6 +269,9 @@ class ClusterNode:
         return False
 
     async def stop(self) -> None:
+        if self._quorum_timer is not None:
+            self._quorum_timer.cancel()
+            self._quorum_timer = None
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

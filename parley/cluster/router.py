@@ -54,6 +54,7 @@ class ClusterRouter:
         self.links: Links | None = None
         self.caches: dict[str, CacheHandler] = {}
         self.on_resync: Callable[[str], None] | None = None
+        self.on_up: Callable[[str], None] | None = None
         self.forwarded = 0
         self.dropped = 0
         self.reforwarded = 0
@@ -166,6 +167,8 @@ class ClusterRouter:
 
     def on_peer_up(self, peer: str, instance: str, restarted: bool) -> None:
         _log.info("link to %s up%s", peer, " (peer restarted)" if restarted else "")
+        if self.on_up is not None:
+            self.on_up(peer)
 
     def on_peer_down(self, peer: str) -> None:
         _log.info("link to %s down", peer)
