@@ -304,6 +304,10 @@ _sio_event = msgspec.json.Decoder(tuple[str, _SioMsg])
 class SocketioConnection(_WsConnection):
     """Engine.IO v4 / Socket.IO v5 over one WebSocket: open, connect, events, acks, pings."""
 
+    def __init__(self, events: Events, me: str) -> None:
+        super().__init__(events, me)
+        self.prefix = f"{me}.{secrets.token_hex(4)}".encode()
+
     def on_text(self, data: bytes) -> None:
         kind = data[:2]
         if kind == b"42":  # event: 42["msg",{...}]
@@ -325,8 +329,9 @@ class SocketioConnection(_WsConnection):
         if self.ws is None or self.closed_code is not None:
             return
         to = self.peer_of(conv)
+        # the id is the messages table's primary key: unique across connections and runs
         self.ws.send(_TEXT, b'42%d["send",{"to":"%s","id":"%s.%d","body":"%s"}]'
-                     % (token, to.encode(), self.me.encode(), token, payload))
+                     % (token, to.encode(), self.prefix, token, payload))
 
 
 @dataclass(frozen=True, slots=True)

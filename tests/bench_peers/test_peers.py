@@ -103,7 +103,7 @@ async def test_socketio_client_speaks_engineio_v4() -> None:
     conn.on_text(b'40{"sid":"y"}')
     assert conn.ready.done()
     conn.send("ab cd", b"1.25", 7)
-    assert ws.sent[-1] == b'427["send",{"to":"cd","id":"ab.7","body":"1.25"}]'
+    assert ws.sent[-1] == b'427["send",{"to":"cd","id":"' + conn.prefix + b'.7","body":"1.25"}]'
     conn.on_text(b'437[{"id":"ab.7"}]')
     conn.on_text(b'42["msg",{"from":"cd","id":"cd.3","body":"9.5"}]')
     conn.on_text(b"2")
