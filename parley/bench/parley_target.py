@@ -203,6 +203,7 @@ class ParleyTarget:
         self._settings: Settings | None = None
         self._urls: tuple[str, ...] = options.urls
         self._metrics: list[str] = []
+        self._bases: dict[int, int] = {}
 
     async def start(self) -> None:
         o = self.options
@@ -222,10 +223,12 @@ class ParleyTarget:
 
     async def provision(self, topology: Topology) -> Provisioned:
         assert self._settings is not None
-        return await provision(self._settings, topology, self._urls)
+        done, self._bases = await provision(self._settings, topology, self._urls)
+        return done
 
     def connector(self) -> Connector:
-        return ParleyConnector(device=self.options.extra.get("device", "bench"))
+        return ParleyConnector(device=self.options.extra.get("device", "bench"),
+                               bases=self._bases)
 
     def server_pids(self) -> list[int]:
         if self.node is not None and self.node.pid is not None:
@@ -252,7 +255,10 @@ def _metrics_url(ws_url: str) -> str:
 # --------------------------------------------------------------------------- provisioning
 
 
-async def provision(settings: Settings, topology: Topology, urls: Sequence[str]) -> Provisioned:
+async def provision(settings: Settings, topology: Topology, urls: Sequence[str]
+                    ) -> tuple[Provisioned, dict[int, int]]:
+    """Users, conversations and tokens for ``topology``; also each conversation's
+    last seq before the run (a receiver's first expected seq is the next one)."""
     """Create (or find) the run's tenant, users, conversations; mint one token per user."""
     from parley.auth.passwords import PasswordHasher
     from parley.auth.tokens import TokenService
@@ -284,10 +290,22 @@ async def provision(settings: Settings, topology: Topology, urls: Sequence[str])
         keys = await KeyStore(db).ensure(clock.now_ms())
         tokens = TokenService(keys, clock)
         creds = tuple(tokens.issue(tenant.id, uid, ttl_s=86400) for uid in uids)
+        bases = await _last_seqs(db, [*directs, *groups])
     finally:
         await db.close()
     return Provisioned(urls=tuple(urls), credentials=creds,
-                       directs=tuple(str(c) for c in directs), groups=tuple(str(g) for g in groups))
+                       directs=tuple(str(c) for c in directs),
+                       groups=tuple(str(g) for g in groups)), bases
+
+
+async def _last_seqs(db: Database, conv_ids: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    async with db.reader.connect() as conn:
+        for i in range(0, len(conv_ids), _CHUNK):
+            result = await conn.execute(select(conversations.c.id, conversations.c.last_seq)
+                                        .where(conversations.c.id.in_(conv_ids[i:i + _CHUNK])))
+            out.update({int(r[0]): int(r[1]) for r in result})
+    return out
 
 
 def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

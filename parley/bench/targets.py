@@ -61,7 +61,7 @@ from picows import (
     ws_connect,
 )
 
-from parley.protocol import Ack, Msg, Send, Sent, Welcome, decode_server_frame, encode
+from parley.protocol import Ack, Msg, Reconnect, Send, Sent, Welcome, decode_server_frame, encode
 from parley.protocol.frames import ErrorFrame
 
 __all__ = [
@@ -259,18 +259,33 @@ class ParleyConnector:
     device: str = "bench"
     connect_timeout_s: float = 10.0
     read_buffer: int = 2048
+    bases: dict[int, int] = field(default_factory=dict, hash=False)
+    """Each conversation's last seq before the run: a receiver expects the next one
+    first (a later one arriving first -- the receiver's own message, pushed by its
+    node before a peer's earlier one came over from another node -- waits)."""
 
     async def connect(self, user: int, credential: str, url: str, local_host: str,
                       events: Events, keepalive_s: float | None) -> TargetConnection:
+        """Connect, following a cluster's redirects (``reconnect`` ``moved`` + 4010)."""
+        for _ in range(4):
+            conn = await self._connect_once(credential, url, local_host, events, keepalive_s)
+            if conn.moved_to is None:
+                return conn
+            url = conn.moved_to.split("?")[0]
+        raise ConnectFailed("redirects", "redirected too many times")
+
+    async def _connect_once(self, credential: str, url: str, local_host: str,
+                            events: Events, keepalive_s: float | None) -> ParleyConnection:
         ping: dict[str, Any] = {}
         if keepalive_s:
             ping = {"enable_auto_ping": True, "auto_ping_idle_timeout": keepalive_s,
                     "auto_ping_reply_timeout": min(keepalive_s, 10.0)}
         sep = "&" if "?" in url else "?"
+        conn: ParleyConnection | None = None
         try:
             async with asyncio.timeout(self.connect_timeout_s + 1.0):
                 _, listener = await ws_connect(
-                    lambda: ParleyConnection(events, self.device),
+                    lambda: ParleyConnection(events, self.device, self.bases),
                     f"{url}{sep}device={self.device}",
                     extra_headers={"Authorization": f"Bearer {credential}"},
                     websocket_handshake_timeout=self.connect_timeout_s, max_redirects=0,
@@ -278,7 +293,12 @@ class ParleyConnector:
                     logger_name="parley.bench.picows", **ping,
                 )
                 assert isinstance(listener, ParleyConnection)
-                await listener.welcomed
+                conn = listener
+                await conn.welcomed
+        except ConnectFailed:
+            if conn is not None and conn.moved_to is not None:  # sent to the user's node
+                return conn
+            raise
         except WSHandshakeError as exc:
             status = int(exc.response.status) if exc.response is not None else 0
             raise ConnectFailed(f"http_{status}" if status else "handshake", str(exc)) from None
@@ -287,7 +307,8 @@ class ParleyConnector:
         except (OSError, WSError) as exc:
             code = getattr(exc, "errno", None)
             raise ConnectFailed(f"os_{code}" if code else type(exc).__name__, str(exc)) from None
-        return listener
+        assert conn is not None
+        return conn
 
 
 class ParleyConnection(WSListener):
@@ -300,11 +321,12 @@ class ParleyConnection(WSListener):
     while messages flow.
     """
 
-    __slots__ = ("_ack_due", "_convs", "_device", "_events", "_nonce", "_pending", "_uid",
-                 "_ws", "closed_code", "repushed", "welcomed")
+    __slots__ = ("_ack_due", "_bases", "_convs", "_device", "_events", "_nonce", "_pending",
+                 "_uid", "_ws", "closed_code", "moved_to", "repushed", "welcomed")
 
-    def __init__(self, events: Events, device: str) -> None:
+    def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None) -> None:
         self._events = events
+        self._bases = bases or {}
         self._device = device
         self._ws: WSTransport | None = None
         self._uid = 0
@@ -313,6 +335,7 @@ class ParleyConnection(WSListener):
         self._pending: dict[int, list[Any]] = {}  # conv -> [contiguous seq, {seq: early Msg}]
         self._ack_due: set[int] = set()
         self.repushed = 0
+        self.moved_to: str | None = None
         self.closed_code: int | None = None
         self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -364,19 +387,25 @@ class ParleyConnection(WSListener):
             self._uid = cast(Welcome, f).uid
             if not self.welcomed.done():
                 self.welcomed.set_result(None)
+        elif t is Reconnect:
+            r = cast(Reconnect, f)
+            if r.reason == "moved" and r.url and not self.welcomed.done():
+                self.moved_to = r.url
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         code = self.closed_code if self.closed_code is not None else 1006
         self.closed_code = code
         if not self.welcomed.done():
             self.welcomed.set_exception(ConnectFailed(f"closed_{code}"))
+            if self.moved_to is not None:
+                return  # a redirect before the welcome: not a connection the run sees
         self._events.closed(code, "")
 
     # -- receiving ---------------------------------------------------------------
     def _on_msg(self, m: Msg) -> None:
         state = self._pending.get(m.conv)
         if state is None:
-            state = self._pending[m.conv] = [m.seq - 1, {}]
+            state = self._pending[m.conv] = [self._bases.get(m.conv, m.seq - 1), {}]
         seq = m.seq
         if seq <= state[0] or seq in state[1]:
             self.repushed += 1

@@ -788,7 +788,7 @@ class Cluster:
         run_id = secrets.token_hex(4)
         topo = Topology(run_id, 2 * self.pairs,
                         directs=tuple((2 * p, 2 * p + 1) for p in range(self.pairs)))
-        prov = await provision(settings, topo, [])
+        prov, _ = await provision(settings, topo, [])
         return list(prov.credentials), [int(c) for c in prov.directs]
 
     async def finish(self, drain_s: float = 30.0) -> Counts:
