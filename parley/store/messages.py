@@ -59,6 +59,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import asyncpg
+from asyncpg.exceptions import OperatorInterventionError
 from sqlalchemy import (
     ColumnElement,
     RowMapping,
@@ -73,13 +75,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.schema import Column
 from sqlalchemy.types import TypeEngine
 
 from parley.errors import IdempotencyConflict, NotFound, NotMember
+from parley.store import pgappend
 from parley.store.database import Backend, Database
+from parley.store.pgappend import READ_SQL, TOMBSTONE_SQL, WRITE_SQL, PgBatch
 from parley.store.sql import insert_for
 from parley.store.tables import conversations, members, messages, read_cursors
 
@@ -376,6 +380,90 @@ class _Known:
 _BODY, _RECALLED = _INSERT_COLUMNS.index("body"), _INSERT_COLUMNS.index("recalled")
 
 
+def _lookup_keys(batch: Sequence[NewMessage]) -> set[tuple[int, str]]:
+    """(tenant, msg_id) of every item and of every recall's target."""
+    keys = {(m.tenant_id, m.msg_id) for m in batch}
+    keys.update((m.tenant_id, m.recall_target) for m in batch if m.recall_target is not None)
+    return keys
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a batch writes, decided from what its reads found (both backends)."""
+
+    results: list[AppendResult]
+    rows: list[list[Any]]  # messages to insert, in (tenant, msg_id) order
+    bumped: list[tuple[int, int]]  # (conversation, new last_seq), by conversation
+    reads: list[tuple[int, int, int, int, int]]  # read cursors: tenant, user, conv, seq, at
+    tombstones: list[tuple[int, int, int]]  # (tenant, conversation, seq) to empty
+
+
+def _plan(
+    batch: Sequence[NewMessage], tenant_of: Mapping[int, int], last_seq: dict[int, int],
+    known: dict[tuple[int, str], _Known], membership: set[tuple[int, int]],
+) -> _Plan:
+    """Decide each item: duplicate, conflict, refused, or created with the next seq.
+
+    ``tenant_of``/``last_seq`` come from the locked conversation rows, ``known``
+    from the id lookup (both are updated with the batch's own items), and
+    ``membership`` holds the (conversation, sender) pairs that are members.
+    """
+    results: list[AppendResult] = []
+    rows: list[list[Any]] = []
+    tombstones: list[tuple[int, int, int]] = []
+    bumped: dict[int, int] = {}
+    reads: dict[tuple[int, int, int], tuple[int, int]] = {}
+    for m in batch:
+        key = (m.tenant_id, m.msg_id)
+        prior = known.get(key)
+        if prior is not None:
+            if prior.digest == m.digest:
+                results.append(
+                    AppendResult(status="duplicate", seq=prior.seq, created_at=prior.created_at)
+                )
+            else:
+                results.append(_CONFLICT)
+            continue
+        if tenant_of.get(m.conversation_id) != m.tenant_id:
+            results.append(_NO_CONVERSATION)
+            continue
+        if (m.conversation_id, m.sender_id) not in membership:
+            results.append(_NOT_MEMBER)
+            continue
+        target: _Known | None = None
+        if m.kind == RECALL_KIND:
+            target = known.get((m.tenant_id, m.recall_target or ""))
+            if (
+                target is None
+                or target.conversation_id != m.conversation_id
+                or target.kind == RECALL_KIND
+            ):
+                results.append(_NO_TARGET)
+                continue
+        seq = last_seq[m.conversation_id] + 1
+        last_seq[m.conversation_id] = bumped[m.conversation_id] = seq
+        row = [
+            m.tenant_id, m.conversation_id, seq, m.msg_id, m.sender_id, m.sender_device,
+            m.kind, m.body, m.digest, m.created_at, False,
+        ]
+        rows.append(row)
+        known[key] = _Known(m.conversation_id, seq, m.digest, m.created_at, m.kind, row)
+        reads[(m.tenant_id, m.sender_id, m.conversation_id)] = (seq, m.created_at)
+        if target is not None:
+            if target.row is not None:  # created earlier in this batch
+                target.row[_BODY], target.row[_RECALLED] = b"", True
+            else:
+                tombstones.append((m.tenant_id, target.conversation_id, target.seq))
+        results.append(AppendResult(status="created", seq=seq, created_at=m.created_at))
+    # In (tenant, msg_id) order: two transactions inserting the same ids
+    # wait on each other's unique-index entries in one order, never in a cycle.
+    rows.sort(key=lambda row: (row[0], row[3]))
+    return _Plan(
+        results, rows, sorted(bumped.items()),
+        [(*k, *v) for k, v in sorted(reads.items())], tombstones,
+    )
+
+
 class MessageStore:
     """Repository for messages; stateless apart from its database."""
 
@@ -405,25 +493,26 @@ class MessageStore:
             return await self._append_once(batch)
 
     async def _append_once(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
+        if self._pg:
+            return await self._append_pg(batch)
         async with self._db.writer.begin() as conn:
             return await self._append(conn, batch)
 
     async def _append(
         self, conn: AsyncConnection, batch: Sequence[NewMessage]
     ) -> list[AppendResult]:
+        """The SQLite append: one statement per step, through SQLAlchemy Core."""
         sql = self._sql
         locked = await conn.execute(sql.lock, {"ids": sorted({m.conversation_id for m in batch})})
         tenant_of: dict[int, int] = {}
         last_seq: dict[int, int] = {}
         for r in locked:
             tenant_of[r.id], last_seq[r.id] = r.tenant_id, r.last_seq
-        keys = {(m.tenant_id, m.msg_id) for m in batch}
-        keys.update((m.tenant_id, m.recall_target) for m in batch if m.recall_target is not None)
         known = {
             (r.tenant_id, r.msg_id): _Known(
                 r.conversation_id, r.seq, r.digest, r.created_at, r.kind
             )
-            for r in await conn.execute(sql.known, sql.known_keys.params(keys))
+            for r in await conn.execute(sql.known, sql.known_keys.params(_lookup_keys(batch)))
         }
         pairs = {
             (m.conversation_id, m.sender_id)
@@ -434,67 +523,59 @@ class MessageStore:
         if pairs:
             result = await conn.execute(sql.member, sql.member_keys.params(pairs))
             membership = {(r.conversation_id, r.user_id) for r in result}
+        plan = _plan(batch, tenant_of, last_seq, known, membership)
+        if plan.rows:
+            await conn.execute(sql.bump, sql.bump_rows.params(plan.bumped))
+            await conn.execute(sql.insert, sql.insert_rows.params(plan.rows))
+            await conn.execute(sql.read, sql.read_rows.params(plan.reads))
+        if plan.tombstones:
+            await conn.execute(sql.tombstone, sql.tombstone_rows.params(plan.tombstones))
+        return plan.results
 
-        results: list[AppendResult] = []
-        rows: list[list[Any]] = []
-        tombstones: list[tuple[int, int, int]] = []  # (tenant, conversation, seq)
-        bumped: dict[int, int] = {}
-        reads: dict[tuple[int, int, int], tuple[int, int]] = {}
-        for m in batch:
-            key = (m.tenant_id, m.msg_id)
-            prior = known.get(key)
-            if prior is not None:
-                if prior.digest == m.digest:
-                    results.append(
-                        AppendResult(status="duplicate", seq=prior.seq, created_at=prior.created_at)
-                    )
-                else:
-                    results.append(_CONFLICT)
-                continue
-            if tenant_of.get(m.conversation_id) != m.tenant_id:
-                results.append(_NO_CONVERSATION)
-                continue
-            if (m.conversation_id, m.sender_id) not in membership:
-                results.append(_NOT_MEMBER)
-                continue
-            target: _Known | None = None
-            if m.kind == RECALL_KIND:
-                target = known.get((m.tenant_id, m.recall_target or ""))
-                if (
-                    target is None
-                    or target.conversation_id != m.conversation_id
-                    or target.kind == RECALL_KIND
-                ):
-                    results.append(_NO_TARGET)
-                    continue
-            seq = last_seq[m.conversation_id] + 1
-            last_seq[m.conversation_id] = bumped[m.conversation_id] = seq
-            row = [
-                m.tenant_id, m.conversation_id, seq, m.msg_id, m.sender_id, m.sender_device,
-                m.kind, m.body, m.digest, m.created_at, False,
-            ]
-            rows.append(row)
-            known[key] = _Known(m.conversation_id, seq, m.digest, m.created_at, m.kind, row)
-            reads[(m.tenant_id, m.sender_id, m.conversation_id)] = (seq, m.created_at)
-            if target is not None:
-                if target.row is not None:  # created earlier in this batch
-                    target.row[_BODY], target.row[_RECALLED] = b"", True
-                else:
-                    tombstones.append((m.tenant_id, target.conversation_id, target.seq))
-            results.append(AppendResult(status="created", seq=seq, created_at=m.created_at))
+    async def _append_pg(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
+        """The PostgreSQL append: four round trips through asyncpg (``pgappend``)."""
+        async with self._db.writer.connect() as conn:
+            raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+            try:
+                async with raw.transaction():
+                    return await self._append_raw(raw, batch)
+            except BaseException as exc:
+                if not isinstance(exc, asyncpg.PostgresError) or isinstance(
+                    exc, (asyncpg.PostgresConnectionError, OperatorInterventionError)
+                ) or raw.is_closed():
+                    # Never hand a broken (or mid-statement cancelled) connection back to the pool.
+                    await conn.invalidate()
+                if isinstance(exc, asyncpg.UniqueViolationError):
+                    raise IntegrityError("append", None, exc) from exc
+                if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):
+                    raise DBAPIError("append", None, exc) from exc
+                raise
 
-        if rows:
-            await conn.execute(sql.bump, sql.bump_rows.params(sorted(bumped.items())))
-            # In (tenant, msg_id) order: two transactions inserting the same ids
-            # wait on each other's unique-index entries in one order, never in a cycle.
-            rows.sort(key=lambda row: (row[0], row[3]))
-            await conn.execute(sql.insert, sql.insert_rows.params(rows))
-            await conn.execute(
-                sql.read, sql.read_rows.params([(*k, *v) for k, v in sorted(reads.items())])
-            )
-        if tombstones:
-            await conn.execute(sql.tombstone, sql.tombstone_rows.params(tombstones))
-        return results
+    async def _append_raw(
+        self, raw: asyncpg.Connection, batch: Sequence[NewMessage]
+    ) -> list[AppendResult]:
+        tenant_of: dict[int, int] = {}
+        last_seq: dict[int, int] = {}
+        known: dict[tuple[int, str], _Known] = {}
+        membership: set[tuple[int, int]] = set()
+        args = PgBatch.read_args(
+            (m.conversation_id for m in batch), _lookup_keys(batch),
+            {(m.conversation_id, m.sender_id) for m in batch},
+        )
+        for r in await raw.fetch(READ_SQL, *args):
+            kind = r[0]
+            if kind == pgappend.LOCKED:
+                tenant_of[r[1]], last_seq[r[1]] = r[2], r[3]
+            elif kind == pgappend.KNOWN:
+                known[(r[2], r[4])] = _Known(r[1], r[3], r[5], r[6], r[7])
+            else:
+                membership.add((r[1], r[2]))
+        plan = _plan(batch, tenant_of, last_seq, known, membership)
+        if plan.rows:
+            await raw.execute(WRITE_SQL, *PgBatch.write_args(plan.bumped, plan.rows, plan.reads))
+        if plan.tombstones:
+            await raw.execute(TOMBSTONE_SQL, *PgBatch.tombstone_args(plan.tombstones))
+        return plan.results
 
     # -- reads -------------------------------------------------------------------
     async def by_msg_id(self, tenant_id: int, msg_id: str) -> StoredMessage | None:

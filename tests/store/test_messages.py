@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select, text
 
 from parley.store import AccountStore, Database
 from parley.store.conversations import ConversationStore
@@ -226,27 +225,28 @@ async def test_racing_the_same_msg_id_stores_it_once(w: World, backend: str) -> 
         assert sorted(r[0].status for r in results) == ["created", "duplicate"]
         return
     theirs = msg(w.tid, w.ab, w.a, mid="raced", text="from the other node")
-    inserting = asyncio.Event()
-
-    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("INSERT INTO messages"):
-            inserting.set()
-
     async with w.db.writer.connect() as other:
         tx = await other.begin()
+        other_pid = await other.scalar(text("SELECT pg_backend_pid()"))
         await other.execute(messages.insert().values(
             tenant_id=w.tid, conversation_id=w.ab, seq=1, msg_id="raced", sender_id=w.a,
             sender_device="phone", kind="text", body=theirs.body, digest=theirs.digest,
             created_at=theirs.created_at, recalled=False,
         ))
-        event.listen(w.db.writer.sync_engine, "before_cursor_execute", on_execute)
-        try:
-            task = asyncio.create_task(w.store.append([mine]))
-            await inserting.wait()
-            await tx.commit()
-            [result] = await task
-        finally:
-            event.remove(w.db.writer.sync_engine, "before_cursor_execute", on_execute)
+        task = asyncio.create_task(w.store.append([mine]))
+        # Our INSERT waits on the other transaction's uncommitted unique-index entry.
+        async with w.db.reader.connect() as watch:
+            for _ in range(1000):
+                if await watch.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity"
+                         " WHERE :pid = ANY(pg_blocking_pids(pid))"), {"pid": other_pid},
+                ):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the append never waited for the other insert")
+        await tx.commit()
+        [result] = await task
     assert result.status == "conflict"  # same id, another conversation's payload
     assert await w.last_seq(w.g) == 0  # the failed attempt consumed no seq
 
