@@ -24,6 +24,7 @@ from parley.errors import ParleyError, RateLimited, Unavailable
 from parley.gateway.seam import Connection
 from parley.hub.hub import LocalHub
 from parley.hub.presence import PresenceState
+from parley.messaging.presence import PresenceFanout
 from parley.messaging.service import Actor, MessagingService, SendOrder, msg_frame
 from parley.metrics import Metrics
 from parley.protocol import (
@@ -41,7 +42,6 @@ from parley.protocol import (
     Ping,
     Pong,
     Presence,
-    PresenceEvent,
     Read,
     Recall,
     Reconnect,
@@ -156,6 +156,7 @@ class WebSocketFront:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         self._welcome_limits = limits.welcome(recall_window_ms=service.config.recall_window_ms)
+        self.presence = PresenceFanout(self._presence_audience, service.router)
         self.placement: Callable[[int], str | None] | None = None
         """In a cluster: the WebSocket URL of the node serving a user id, or None when
         this node serves it (set by the node; None on a single node)."""
@@ -166,6 +167,7 @@ class WebSocketFront:
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="repush-sweeper")
+        self.presence.start()
 
     async def stop(self) -> None:
         """Stop re-pushing; let running requests finish (their commits complete)."""
@@ -173,6 +175,7 @@ class WebSocketFront:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.presence.stop()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
 
@@ -257,7 +260,7 @@ class WebSocketFront:
             if code is not None:
                 conn.close(code, exc.code)
             return
-        self.metrics.ws_frames_in.labels(type(frame).__name__.lower()).inc()
+        self.metrics.child(self.metrics.ws_frames_in, type(frame).__name__.lower()).inc()
         if isinstance(frame, Ack):
             self._on_ack(session, frame)
         elif isinstance(frame, Send):
@@ -348,19 +351,20 @@ class WebSocketFront:
     def _presence_changed(
         self, session: DeviceSession, before: PresenceState, after: PresenceState
     ) -> None:
-        if before == after:
+        if before == after or self._stopping:
             return
-        self._spawn(session, None, self._push_presence(session, after))
-
-    async def _push_presence(self, session: DeviceSession, state: PresenceState) -> None:
         a = session.actor
-        peers = await self.service.conversations.direct_peers(a.tenant_id, a.user_id)
-        if self.service.policy is not None:  # users this user blocked do not see it
-            hidden = await self.service.policy.social.blocked_ids(a.tenant_id, a.user_id)
-            peers = [p for p in peers if p not in hidden]
-        frame = encode(PresenceEvent(uid=a.user_id, status=state.status,  # type: ignore[arg-type]
-                                     text=state.text))
-        self.hub.deliver_event(a.tenant_id, peers, frame)
+        self.presence.changed(a.tenant_id, a.user_id, after)
+
+    async def _presence_audience(self, tenant_id: int, user_ids: list[int]
+                                 ) -> dict[int, list[int]]:
+        """Who sees each user's presence: direct peers, minus whom the user blocked."""
+        peers = await self.service.conversations.direct_peers_many(tenant_id, user_ids)
+        policy = self.service.policy
+        if policy is not None:
+            hidden = await policy.social.blocked_ids_many(tenant_id, user_ids)
+            peers = {u: [p for p in ps if p not in hidden[u]] for u, ps in peers.items()}
+        return peers
 
     # -- requests ------------------------------------------------------------------
     def _on_ack(self, session: DeviceSession, frame: Ack) -> None:

@@ -95,6 +95,29 @@ def _direct_peers() -> Select[int]:
 
 _DIRECT_PEERS = _direct_peers()
 
+
+def _direct_peers_many() -> Select[int, int]:
+    mine = members.alias("mine")
+    theirs = members.alias("theirs")
+    return (
+        select(mine.c.user_id, theirs.c.user_id)
+        .select_from(
+            mine.join(theirs, theirs.c.conversation_id == mine.c.conversation_id).join(
+                conversations, conversations.c.id == mine.c.conversation_id
+            )
+        )
+        .where(
+            mine.c.tenant_id == bindparam("tenant_id"),
+            mine.c.user_id.in_(bindparam("user_ids", expanding=True)),
+            theirs.c.user_id != mine.c.user_id,
+            conversations.c.kind == "direct",
+        )
+        .distinct()
+    )
+
+
+_DIRECT_PEERS_MANY = _direct_peers_many()
+
 class ConversationStore:
     """Repository for conversations and members; stateless apart from its database."""
 
@@ -352,6 +375,22 @@ class ConversationStore:
                     read_seq=read, unread=conv.last_seq - read,
                 )
             )
+        return out
+
+    async def direct_peers_many(
+        self, tenant_id: int, user_ids: Iterable[int]
+    ) -> dict[int, list[int]]:
+        """``direct_peers`` of several users in one query (presence fan-out batches)."""
+        ids = sorted(set(user_ids))
+        out: dict[int, list[int]] = {u: [] for u in ids}
+        if not ids:
+            return out
+        async with self._db.reader.connect() as conn:
+            rows = await conn.execute(
+                _DIRECT_PEERS_MANY, {"tenant_id": tenant_id, "user_ids": ids}
+            )
+            for who, peer in rows:
+                out[int(who)].append(int(peer))
         return out
 
     async def direct_peers(self, tenant_id: int, user_id: int) -> list[int]:

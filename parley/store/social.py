@@ -14,7 +14,7 @@ keeps the data consistent:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,6 +186,22 @@ class SocialStore:
                 blocks.c.blocked_id == blocked_id,
             ))
         return found is not None
+
+    async def blocked_ids_many(
+        self, tenant_id: int, user_ids: Iterable[int]
+    ) -> dict[int, set[int]]:
+        """``blocked_ids`` of several users in one query."""
+        ids = sorted(set(user_ids))
+        out: dict[int, set[int]] = {u: set() for u in ids}
+        if not ids:
+            return out
+        async with self._db.reader.connect() as conn:
+            rows = await conn.execute(select(blocks.c.user_id, blocks.c.blocked_id).where(
+                blocks.c.tenant_id == tenant_id, blocks.c.user_id.in_(ids)
+            ))
+            for who, blocked in rows:
+                out[int(who)].add(int(blocked))
+        return out
 
     async def blocked_ids(self, tenant_id: int, user_id: int) -> set[int]:
         """Everyone ``user_id`` blocked."""

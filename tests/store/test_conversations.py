@@ -12,6 +12,7 @@ from parley.store import AccountStore, Database
 from parley.store.conversations import ConversationStore
 from parley.store.cursors import CursorStore
 from parley.store.messages import MessageStore, NewMessage
+from parley.store.social import SocialStore
 
 NOW = 1_800_000_000_000
 
@@ -149,3 +150,10 @@ async def test_direct_peers_are_the_other_sides_of_direct_conversations(db: Data
     assert sorted(await store.direct_peers(tid, a)) == sorted([b, c])
     assert await store.direct_peers(tid, d) == []
     assert await store.direct_peers(oid, a) == []
+    # The batched form (presence fan-out) answers the same for several users at once.
+    many = await store.direct_peers_many(tid, [a, b, d])
+    assert {u: sorted(p) for u, p in many.items()} == {a: sorted([b, c]), b: [a], d: []}
+    assert await store.direct_peers_many(tid, []) == {}
+    social = SocialStore(db)
+    await social.block(tid, a, c, NOW)
+    assert await social.blocked_ids_many(tid, [a, b]) == {a: {c}, b: set()}
