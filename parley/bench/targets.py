@@ -294,11 +294,7 @@ class ParleyConnector:
                 )
                 assert isinstance(listener, ParleyConnection)
                 conn = listener
-                await conn.welcomed
-        except ConnectFailed:
-            if conn is not None and conn.moved_to is not None:  # sent to the user's node
-                return conn
-            raise
+                await conn.welcomed  # resolves without a welcome when redirected
         except WSHandshakeError as exc:
             status = int(exc.response.status) if exc.response is not None else 0
             raise ConnectFailed(f"http_{status}" if status else "handshake", str(exc)) from None
@@ -338,6 +334,7 @@ class ParleyConnection(WSListener):
         self.moved_to: str | None = None
         self.closed_code: int | None = None
         self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.welcomed.add_done_callback(_retrieved)  # an attempt given up may fail later
 
     # -- TargetConnection --------------------------------------------------------
     def send(self, conv: str, payload: bytes, token: int) -> None:
@@ -396,9 +393,10 @@ class ParleyConnection(WSListener):
         code = self.closed_code if self.closed_code is not None else 1006
         self.closed_code = code
         if not self.welcomed.done():
+            if self.moved_to is not None:  # redirected before the welcome: not a
+                self.welcomed.set_result(None)  # connection the run sees
+                return
             self.welcomed.set_exception(ConnectFailed(f"closed_{code}"))
-            if self.moved_to is not None:
-                return  # a redirect before the welcome: not a connection the run sees
         self._events.closed(code, "")
 
     # -- receiving ---------------------------------------------------------------
@@ -436,6 +434,11 @@ class ParleyConnection(WSListener):
         for conv in self._ack_due:
             ws.send(_TEXT, encode(Ack(conv=conv, seq=self._pending[conv][0])))
         self._ack_due.clear()
+
+
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _now_ms() -> int:
