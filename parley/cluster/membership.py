@@ -372,7 +372,7 @@ class _BoundedConnection(TcpConnection):  # type: ignore[misc]
                 if rand_key != self.recvRandKey:
                     raise ValueError("frame from another connection")
         except Exception as exc:  # noqa: BLE001 -- every bad frame ends the connection
-            log.warning("cluster: dropped a raft connection: %s", type(exc).__name__)
+            log.warning("cluster: dropped a raft connection: %s: %s", type(exc).__name__, exc)
             self.disconnect()
             return None
         self.__dict__["_TcpConnection__readBuffer"] = buf[4 + length:]
