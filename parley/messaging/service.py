@@ -214,7 +214,7 @@ class MessagingService:
         if dup:
             self.metrics.messages_duplicate.inc()
         else:
-            self.metrics.messages_sent.labels(kind).inc()
+            self.metrics.child(self.metrics.messages_sent, kind).inc()
             frame = encode(Msg(
                 conv=conv, seq=result.seq, mid=mid, sender=actor.user_id, kind=kind,
                 body=msgspec.Raw(canonical), ts=result.created_at,

@@ -94,7 +94,8 @@ class CursorStore:
         rows = _coalesce(items)
         if not rows:
             return
-        async with self._db.writer.begin() as conn:
+        # One statement: on PostgreSQL it commits by itself (one round trip).
+        async with self._db.oneshot.begin() as conn:
             await conn.execute(
                 self._delivery_upsert,
                 self._delivery_rows.params(

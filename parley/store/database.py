@@ -110,6 +110,13 @@ class Database:
                 }},
             )
 
+    @property
+    def oneshot(self) -> AsyncEngine:
+        """The engine for a write of one statement: on PostgreSQL the autocommit pool,
+        where the statement is its own transaction (one round trip instead of BEGIN,
+        statement, COMMIT); on SQLite the writer."""
+        return self.reader if self.backend == "postgresql" else self.writer
+
     def _sqlite_engine(
         self, *, pool_size: int, immediate: bool, synchronous: str, echo: bool
     ) -> AsyncEngine:
