@@ -132,26 +132,32 @@ class NodeHandle:
 
 
 class NodeSet:
-    """N node processes of one cluster.  ``start_all`` then faults, then ``close``."""
+    """N node processes of one cluster.  ``start_all`` then faults, then ``close``.
+
+    ``spare`` nodes are planned too (``nodes[count:]``: ports, data directory) but
+    not started by ``start_all``; ``start(i)`` makes one join as a non-voter."""
 
     def __init__(self, count: int, database_url: str, workdir: Path, *,
                  schema: str | None = None, netns: Namespaces | None = None,
-                 dead_after_s: float = 3.0, extra_env: dict[str, str] | None = None) -> None:
+                 dead_after_s: float = 3.0, extra_env: dict[str, str] | None = None,
+                 spare: int = 0) -> None:
+        if spare and netns is not None:
+            raise ValueError("spare nodes are not supported with network namespaces")
         self.count = count
         self.workdir = workdir
         self.netns = netns
         self.secret = secrets.token_urlsafe(24)
-        base = _free_base_port(count) if netns is None else 9100
+        base = _free_base_port(count + spare) if netns is None else 9100
         voters = min(count, 3) if count < 5 else 5
         raft, hosts, internal = [], [], []
-        for i in range(count):
+        for i in range(count + spare):
             host = "127.0.0.1" if netns is None else netns.public_ip(i)
             inner = "127.0.0.1" if netns is None else netns.cluster_ip(i)
             hosts.append(host)
             internal.append(inner)
             raft.append(f"{inner}:{base + _PORT_STEP * i + 2}")
         self.nodes: list[NodeHandle] = []
-        for i in range(count):
+        for i in range(count + spare):
             port = base + _PORT_STEP * i
             env = {
                 "PARLEY_NODE_ID": f"node-{i + 1}", "PARLEY_HOST": hosts[i],
@@ -728,7 +734,7 @@ class Cluster:
     def __init__(self, database_url: str, workdir: Path, *, nodes: int = 3,
                  schema: str | None = None, use_netns: bool = False, pairs: int = 20,
                  rate: float = 500.0, dead_after_s: float = 3.0,
-                 send_timeout_s: float = 120.0) -> None:
+                 send_timeout_s: float = 120.0, spare: int = 0) -> None:
         self.database_url = database_url
         self.workdir = workdir
         self.count = nodes
@@ -738,6 +744,7 @@ class Cluster:
         self.rate = rate
         self.dead_after_s = dead_after_s
         self.send_timeout_s = send_timeout_s
+        self.spare = spare
         self.netns: Namespaces | None = None
         self.proxy: TcpProxy | None = None
         self.nodes: NodeSet | None = None
@@ -769,11 +776,12 @@ class Cluster:
         self.nodes = NodeSet(
             self.count, _with_host(self.database_url, host, port), self.workdir,
             schema=self.schema, netns=self.netns, dead_after_s=self.dead_after_s,
+            spare=self.spare,
         )
         await self.nodes.start_all()
         await self.nodes.wait_converged(deadline_s=60)
         creds, convs = await self._provision()
-        seeds = [n.ws_url for n in self.nodes.nodes]
+        seeds = [n.ws_url for n in self.nodes.nodes[:self.count]]
         self.checker = Checker(seeds, creds, convs, rate=self.rate,
                                send_timeout_s=self.send_timeout_s)
         await self.checker.connect()
