@@ -203,7 +203,7 @@ class Node:
         partitions = 1 if db.backend == "sqlite" else s.commit_partitions
         self.batcher = WriteBatcher(self.messages, partitions=partitions, metrics=self.metrics)
         await self.batcher.start()
-        self.cursor_writer = CursorWriter(cursors)
+        self.cursor_writer = CursorWriter(cursors, flush_interval=0.1)
         await self.cursor_writer.start()
         self.hub = LocalHub(max_devices_per_user=s.max_devices_per_user)
         router: ClusterRouter | LocalHub = self.hub
