@@ -31,9 +31,11 @@ Guarantees of ``MessageStore.append`` (the only writer of messages):
 Cost: a fixed number of statements per batch whatever its size -- lock the
 conversations, look up the ids, check membership, bump the seqs, insert, move
 the senders' read cursors, and one tombstone update when the batch holds
-recalls.  On PostgreSQL each takes all rows at once through ``unnest()`` of
-array parameters, and the transaction plans every statement for its actual
-parameters (``plan_cache_mode = force_custom_plan``, a setting of the
+recalls.  On PostgreSQL these go as two statements (one read, one write of
+data-modifying CTEs) through asyncpg directly, four round trips per batch with
+BEGIN and COMMIT (``parley.store.pgappend`` says why); each takes all rows at
+once through ``unnest()`` of array parameters, and the transaction plans every
+statement for its actual parameters (``plan_cache_mode = force_custom_plan``, a setting of the
 writer's connections, see ``parley.store.database``): a generic plan of the id
 lookup, chosen while the table was small, scans a tenant's rows comparing each
 with every id of the batch.
