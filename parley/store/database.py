@@ -56,6 +56,9 @@ def normalize_url(url: str) -> URL:
 _STARTUP_LOCK = 0x5061726C6579  # "Parley"
 
 
+WRITER_IDLE_TX_TIMEOUT_MS = 5000
+
+
 class Database:
     """The engines of one node; built by the composition root, closed by it."""
 
@@ -103,10 +106,16 @@ class Database:
             # small, scans a tenant's rows comparing each with every id of the
             # batch (65-95 ms per batch).  A connection setting, not a
             # per-transaction SET LOCAL, which cost a round trip per batch.
+            # A writer's transaction lasts milliseconds; one left idle means its
+            # node was cut off mid-commit (a partition): PostgreSQL ends it after
+            # a few seconds, so its row locks (the conversation's last_seq) stop
+            # blocking every other node's commits for that conversation -- the
+            # partition test saw sends wait ~45 s after healing without this.
             self.writer = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=pool_size, echo=echo,
                 connect_args={"server_settings": {
                     **settings, "plan_cache_mode": "force_custom_plan",
+                    "idle_in_transaction_session_timeout": str(WRITER_IDLE_TX_TIMEOUT_MS),
                 }},
             )
 
@@ -161,7 +170,9 @@ class Database:
         if self.backend != "postgresql":
             yield
             return
-        async with self.writer.connect() as conn:
+        # On the autocommit pool: the lock is the session's, and no transaction
+        # stays open (idle) while the bootstrap runs on other connections.
+        async with self.reader.connect() as conn:
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._startup_lock})
             try:
                 yield
