@@ -292,7 +292,8 @@ class ParleyConnector:
                     read_buffer_init_size=self.read_buffer, local_addr=(local_host, 0),
                     logger_name="parley.bench.picows", **ping,
                 )
-                assert isinstance(listener, ParleyConnection)
+                if not isinstance(listener, ParleyConnection):  # seen under heavy load
+                    raise ConnectFailed("listener", f"picows returned {type(listener).__name__}")
                 conn = listener
                 await conn.welcomed  # resolves without a welcome when redirected
         except WSHandshakeError as exc:
