@@ -493,6 +493,14 @@ class MessageStore:
             # Another node stored one of these msg_ids between our lookup and
             # our insert; the retry's lookup sees it as a duplicate.
             return await self._append_once(batch)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The pooled connection was dead (the server restarted or dropped it
+            # while idle: the pools have no pre-ping).  Retrying on a new one is
+            # safe whatever the first attempt reached, COMMIT included: ids stored
+            # by it come back as duplicates with their seqs.
+            return await self._append_once(batch)
 
     async def _append_once(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
         if self._pg:
@@ -542,15 +550,18 @@ class MessageStore:
                 async with raw.transaction():
                     return await self._append_raw(raw, batch)
             except BaseException as exc:
-                if not isinstance(exc, asyncpg.PostgresError) or isinstance(
+                broken = not isinstance(exc, asyncpg.PostgresError) or isinstance(
                     exc, (asyncpg.PostgresConnectionError, OperatorInterventionError)
-                ) or raw.is_closed():
+                ) or raw.is_closed()
+                if broken:
                     # Never hand a broken (or mid-statement cancelled) connection back to the pool.
                     await conn.invalidate()
                 if isinstance(exc, asyncpg.UniqueViolationError):
                     raise IntegrityError("append", None, exc) from exc
-                if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):
-                    raise DBAPIError("append", None, exc) from exc
+                if isinstance(exc, Exception):  # a dead socket may surface as any client error
+                    raise DBAPIError(
+                        "append", None, exc, connection_invalidated=broken
+                    ) from exc
                 raise
 
     async def _append_raw(

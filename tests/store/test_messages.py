@@ -211,6 +211,20 @@ async def test_same_msg_id_in_two_tenants_is_two_messages(w: World) -> None:
     assert one is not None and two is not None and one.conversation_id != two.conversation_id
 
 
+async def test_a_dropped_pooled_connection_costs_no_batch(w: World, backend: str) -> None:
+    """The pools have no pre-ping: a writer connection the server dropped while it
+    sat idle fails the batch's first statement, and the batch is retried on a new one."""
+    if backend == "sqlite":
+        pytest.skip("PostgreSQL connections only")
+    [first] = await w.store.append([msg(w.tid, w.ab, w.a)])
+    async with w.db.writer.connect() as conn:  # the idle connection the next batch gets
+        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+    async with w.db.reader.connect() as conn:
+        assert await conn.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    [second] = await w.store.append([msg(w.tid, w.ab, w.a)])
+    assert (first.status, first.seq, second.status, second.seq) == ("created", 1, "created", 2)
+
+
 async def test_racing_the_same_msg_id_stores_it_once(w: World, backend: str) -> None:
     """Two writers store one msg_id: one is created, the other sees it.
 
