@@ -110,7 +110,21 @@ async def test_socketio_client_speaks_engineio_v4() -> None:
     assert ev.acks == [7] and ev.got == [b"9.5"] and ws.sent[-1] == b"3"
 
 
+_HANDLERS_DONE: list[asyncio.Event] = []
+
+
 async def _serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    done = asyncio.Event()
+    _HANDLERS_DONE.append(done)
+    try:
+        await _answer(reader, writer)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+        done.set()
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while True:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -128,7 +142,6 @@ async def _serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         else:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
-    writer.close()
 
 
 async def test_http11_keepalive_chunked_and_errors() -> None:
@@ -145,3 +158,6 @@ async def test_http11_keepalive_chunked_and_errors() -> None:
         http.close()
         server.close()
         await server.wait_closed()
+        async with asyncio.timeout(10):  # the handler sees the client close and ends
+            for done in _HANDLERS_DONE:
+                await done.wait()
