@@ -69,6 +69,8 @@ class ClusterNode:
         self._epoch = -1
         self._unsubscribe: Any = None
         self._fenced_out = False
+        self._draining = False
+        self._reactivating = False
         self._escape_url: str | None = None
         self._quorum_timer: asyncio.TimerHandle | None = None
         self.db_ping: Callable[[], Awaitable[None]] | None = None
@@ -234,6 +236,13 @@ class ClusterNode:
     def _on_view(self, view: ClusterView) -> None:
         self._view = view
         self._watch_quorum(view)
+        me = view.nodes.get(self.node_id)
+        if (me is not None and me.state == "draining" and not self._draining
+                and not self._reactivating and self.membership is not None):
+            # Drained before a restart (a graceful stop): take slots again.
+            self._reactivating = True
+            task = asyncio.get_running_loop().create_task(self._reactivate())
+            task.add_done_callback(_log_failure)
         links = self.links
         if links is not None:
             peers = {}
@@ -247,9 +256,21 @@ class ClusterNode:
             self._epoch = view.epoch
             self._evict(f"slot map epoch {view.epoch}")
 
+    async def _reactivate(self) -> None:
+        try:
+            membership = self.membership
+            if membership is not None and not self._draining:
+                await membership.set_active(self.node_id)
+                _log.info("drained before the restart: active again")
+        except ParleyError as exc:  # no quorum now: the next view retries
+            _log.warning("cannot become active again yet: %s", exc.message)
+        finally:
+            self._reactivating = False
+
     async def drain(self, timeout_s: float = 5.0) -> bool:
         """Move this node's users to the other nodes (before a graceful stop).
         True when the map no longer gives this node any slot."""
+        self._draining = True
         membership = self.membership
         if membership is None or len(membership.snapshot().nodes) < 2:
             return False
