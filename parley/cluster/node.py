@@ -121,6 +121,25 @@ class ClusterNode:
             return {"node": self.node_id, "ws_url": "", "http_url": ""}
         return {"node": info.id, "ws_url": info.ws_url, "http_url": info.http_url}
 
+    def slot_map(self) -> dict[str, Any]:
+        """The slot map as this node sees it, for ``GET /api/v1/route/map``: the
+        epoch, every node (id, state, public URLs) and the assigned slots as runs
+        ``(first, last, node_id)`` in slot order (unassigned slots are left out)."""
+        view = self._view
+        if view is None:
+            return {"epoch": 0, "nodes": [], "ranges": []}
+        slots = view.replica.slots
+        table, start, ranges = slots.table, 0, []
+        for slot in range(1, len(table) + 1):
+            if slot == len(table) or table[slot] != table[start]:
+                owner = slots.owner(start)
+                if owner is not None:
+                    ranges.append((start, slot - 1, owner))
+                start = slot
+        nodes = [{"id": n.id, "state": n.state, "ws_url": n.ws_url, "http_url": n.http_url}
+                 for n in view.nodes.values()]
+        return {"epoch": view.epoch, "nodes": nodes, "ranges": ranges}
+
     # -- wiring --------------------------------------------------------------------------
     def attach(self, service: MessagingService, sessions: SessionService,
                revocations: RevocationList, front: WebSocketFront) -> None:

@@ -1,17 +1,23 @@
-"""HTTP route: which node serves the caller's WebSocket (``/route``).
+"""HTTP route: which node serves a WebSocket (``/route``, ``/route/map``).
 
 In a cluster every user is served by one node (its slot's owner); a client may
 ask here before connecting instead of being redirected by the first node it
-reaches.  On a single node the answer is that node.
+reaches.  ``/route`` answers for the caller; ``/route/map`` gives the whole
+slot map (public, as Redis Cluster's ``CLUSTER SLOTS``: the map and the nodes'
+public URLs are no secret) so a load client or a proxy can place many users at
+once.  On a single node the answer is that node.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from typing import Any
 
-from parley.api.deps import CurrentCaller, Services
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from parley.api.deps import ApiServices, CurrentCaller, Services
 from parley.api.routes._common import ERRORS, STRICT_QUERY
+from parley.cluster.slots import SLOTS
 
 __all__ = ["router"]
 
@@ -24,6 +30,53 @@ class Route(BaseModel):
     http_url: str = Field(description="HTTP base URL of that node.")
 
 
+class MapNode(BaseModel):
+    id: str = Field(description="Node id.", examples=["node-1"])
+    state: str = Field(description="joining, active, draining, leaving or dead.",
+                       examples=["active"])
+    ws_url: str = Field(description="The node's public WebSocket URL.",
+                        examples=["ws://127.0.0.1:8701/v1/ws"])
+    http_url: str = Field(description="The node's public HTTP base URL.",
+                          examples=["http://127.0.0.1:8700"])
+
+
+class SlotMap(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "epoch": 3, "nodes": [
+            {"id": "node-1", "state": "active", "ws_url": "ws://127.0.0.1:8701/v1/ws",
+             "http_url": "http://127.0.0.1:8700"},
+            {"id": "node-2", "state": "active", "ws_url": "ws://127.0.0.1:8711/v1/ws",
+             "http_url": "http://127.0.0.1:8710"}],
+        "ranges": [[0, 8191, "node-1"], [8192, 16383, "node-2"]]}]})
+
+    epoch: int = Field(description="Slot map epoch (bumped on every change of the map).")
+    nodes: list[MapNode] = Field(description="Every member of the cluster.")
+    ranges: list[tuple[int, int, str]] = Field(
+        description="[first, last, node id]: runs of slots in slot order, inclusive. A user's "
+        "slot is CRC16-XMODEM(str(user id)) % 16384; a slot in no run has no owner yet "
+        "(connect anywhere and follow the redirect).")
+
+
 @router.get("", summary="The node (and its WebSocket URL) that serves the caller.")
 async def get_route(caller: CurrentCaller, services: Services) -> Route:
     return Route(**services.route(caller.user_id))
+
+
+@router.get("/map", summary="The slot map: which node serves each hash slot (public).")
+async def get_slot_map(services: Services) -> SlotMap:
+    cluster = _cluster(services)
+    if cluster is not None:
+        return SlotMap.model_validate(cluster.slot_map())
+    here = services.route(0)  # a single node serves every user
+    return SlotMap(epoch=0, nodes=[MapNode(id=here["node"], state="active",
+                                           ws_url=here["ws_url"], http_url=here["http_url"])],
+                   ranges=[(0, SLOTS - 1, here["node"])])
+
+
+def _cluster(services: ApiServices) -> Any:
+    """The node's ``ClusterNode`` (None when not clustered), reached through the
+    node that answers ``services.route``.  ``ApiServices`` has no slot-map hook of
+    its own; once it has one, use it here instead."""
+    node = getattr(services.route, "__self__", None)
+    cluster = getattr(node, "cluster", None)
+    return cluster if callable(getattr(cluster, "slot_map", None)) else None
