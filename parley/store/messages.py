@@ -31,9 +31,11 @@ Guarantees of ``MessageStore.append`` (the only writer of messages):
 Cost: a fixed number of statements per batch whatever its size -- lock the
 conversations, look up the ids, check membership, bump the seqs, insert, move
 the senders' read cursors, and one tombstone update when the batch holds
-recalls.  On PostgreSQL these go as two statements (one read, one write of
-data-modifying CTEs) through asyncpg directly, four round trips per batch with
-BEGIN and COMMIT (``parley.store.pgappend`` says why); each takes all rows at
+recalls.  On PostgreSQL a batch without recalls or repeated ids is ONE
+statement run in autocommit (one round trip, committed before it answers);
+the others go as two statements (one read, one write of data-modifying CTEs)
+in four round trips with BEGIN and COMMIT -- both through asyncpg directly
+(``parley.store.pgappend`` says why).  Each takes all rows at
 once through ``unnest()`` of array parameters, and the transaction plans every
 statement for its actual parameters (``plan_cache_mode = force_custom_plan``, a setting of the
 writer's connections, see ``parley.store.database``): a generic plan of the id
@@ -85,7 +87,7 @@ from sqlalchemy.types import TypeEngine
 from parley.errors import IdempotencyConflict, NotFound, NotMember
 from parley.store import pgappend
 from parley.store.database import Backend, Database
-from parley.store.pgappend import READ_SQL, TOMBSTONE_SQL, WRITE_SQL, PgBatch
+from parley.store.pgappend import ONE_SQL, READ_SQL, TOMBSTONE_SQL, WRITE_SQL, PgBatch
 from parley.store.sql import insert_for
 from parley.store.tables import conversations, members, messages, read_cursors
 
@@ -389,6 +391,30 @@ def _lookup_keys(batch: Sequence[NewMessage]) -> set[tuple[int, str]]:
     return keys
 
 
+def _one_statement(batch: Sequence[NewMessage]) -> bool:
+    """Whether ``pgappend.ONE_SQL`` can store ``batch``: no recalls (their
+    targets are tombstoned) and no id twice (the second is a duplicate of the
+    first, which that statement's lookup cannot see)."""
+    if any(m.recall_target is not None or m.kind == RECALL_KIND for m in batch):
+        return False
+    return len({(m.tenant_id, m.msg_id) for m in batch}) == len(batch)
+
+
+_ONE_REFUSED = {
+    pgappend.CONFLICT: _CONFLICT, pgappend.NO_CONVERSATION: _NO_CONVERSATION,
+    pgappend.NOT_MEMBER: _NOT_MEMBER,
+}
+
+
+def _one_result(row: Sequence[Any]) -> AppendResult:
+    status, seq, created_at = row
+    if status == pgappend.CREATED:
+        return AppendResult(status="created", seq=seq, created_at=created_at)
+    if status == pgappend.DUPLICATE:
+        return AppendResult(status="duplicate", seq=seq, created_at=created_at)
+    return _ONE_REFUSED[status]
+
+
 @dataclass(slots=True)
 class _Plan:
     """What a batch writes, decided from what its reads found (both backends)."""
@@ -543,10 +569,19 @@ class MessageStore:
         return plan.results
 
     async def _append_pg(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
-        """The PostgreSQL append: four round trips through asyncpg (``pgappend``)."""
+        """The PostgreSQL append through asyncpg (``pgappend``): one statement in
+        autocommit for most batches, four round trips for the others."""
         async with self._db.writer.connect() as conn:
             raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
             try:
+                if _one_statement(batch):
+                    return [_one_result(r) for r in await raw.fetch(
+                        ONE_SQL, *PgBatch.one_args([
+                            (m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
+                             m.sender_device, m.kind, m.body, m.digest, m.created_at)
+                            for m in batch
+                        ])
+                    )]
                 async with raw.transaction():
                     return await self._append_raw(raw, batch)
             except BaseException as exc:

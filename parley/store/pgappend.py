@@ -11,7 +11,18 @@ trips are what hurts most: every reply waits for a turn of a busy event loop,
 so a batch of 9 round trips took 1-3 s at 4,000 msg/s, batches hit
 ``max_batch`` and the queue overflowed.
 
-Here a batch is four round trips whatever its size: BEGIN, one read (the
+Most batches are ONE round trip (``ONE_SQL``): a single statement, run in
+autocommit, that locks the conversation rows, looks up the ids, checks the
+senders' memberships, numbers the new messages per conversation and writes
+them (bump, insert, read cursors) -- PostgreSQL commits it before answering,
+so its result is the ack.  Profiled at 1,000 msg/s (mostly one-message
+batches), the four round trips below were 39% of the node's samples and a
+commit took 3.7 ms on average in the node against 1.6 ms for the same
+statements alone: every round trip waits for a turn of the node's loop.
+That statement handles batches without recalls whose ids are distinct; any
+other batch takes the general path.
+
+The general path is four round trips whatever the batch's size: BEGIN, one read (the
 conversation rows locked in id order, the ids already stored, the senders'
 memberships: one statement with a ``UNION ALL``), one write (bump last_seq,
 insert the messages, move the senders' read cursors: one statement of
@@ -28,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["READ_SQL", "TOMBSTONE_SQL", "WRITE_SQL", "PgBatch"]
+__all__ = ["ONE_SQL", "READ_SQL", "TOMBSTONE_SQL", "WRITE_SQL", "PgBatch"]
 
 # Kinds of rows READ_SQL returns, in its first column.
 LOCKED, KNOWN, MEMBER = 0, 1, 2
@@ -83,6 +94,69 @@ WITH bump AS (
 SELECT 1
 """
 
+# Statuses ONE_SQL returns per item, in the batch's order.
+CREATED, DUPLICATE, CONFLICT, NO_CONVERSATION, NOT_MEMBER = range(5)
+
+# The single-statement append.  Same guarantees as READ_SQL + WRITE_SQL, and
+# the same decisions in the same order as ``messages._plan``: a known id is a
+# duplicate (same digest) or a conflict, then the conversation must exist in
+# the sender's tenant, then the sender must be a member; the others get
+# last_seq + 1, 2, ... in batch order per conversation.
+#
+# Concurrency under READ COMMITTED: the statement's snapshot is taken before
+# it waits for a conversation's row lock; the lock returns the row's newest
+# version (so last_seq is current), and the UPDATE re-reads that version too.
+# An id committed by another node while this statement waited is not in the
+# snapshot: the INSERT's unique index refuses it, nothing is stored, and the
+# caller retries the batch once (then it is a duplicate), as on the general path.
+ONE_SQL = """
+WITH i AS MATERIALIZED (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[],
+                         $6::text[], $7::bytea[], $8::text[], $9::bigint[])
+        WITH ORDINALITY AS i(tenant_id, conversation_id, msg_id, sender_id, sender_device,
+                             kind, body, digest, created_at, ord)
+), locked AS MATERIALIZED (
+    SELECT id, tenant_id, last_seq FROM conversations
+    WHERE id = ANY($10::bigint[]) ORDER BY id FOR NO KEY UPDATE
+), d AS MATERIALIZED (
+    SELECT i.*, k.seq AS known_seq, k.created_at AS known_at, l.last_seq,
+        CASE WHEN k.msg_id IS NOT NULL THEN CASE WHEN k.digest = i.digest THEN 1 ELSE 2 END
+             WHEN l.id IS NULL OR l.tenant_id <> i.tenant_id THEN 3
+             WHEN mb.user_id IS NULL THEN 4
+             ELSE 0 END AS status
+    FROM i
+    LEFT JOIN messages k ON k.tenant_id = i.tenant_id AND k.msg_id = i.msg_id
+    LEFT JOIN locked l ON l.id = i.conversation_id
+    LEFT JOIN members mb ON mb.conversation_id = i.conversation_id AND mb.user_id = i.sender_id
+), n AS MATERIALIZED (
+    SELECT ord, tenant_id, conversation_id, msg_id, sender_id, sender_device, kind, body,
+           digest, created_at,
+           last_seq + row_number() OVER (PARTITION BY conversation_id ORDER BY ord) AS seq
+    FROM d WHERE status = 0
+), bump AS (
+    UPDATE conversations c SET last_seq = b.seq
+    FROM (SELECT conversation_id, max(seq) AS seq FROM n GROUP BY conversation_id) AS b
+    WHERE c.id = b.conversation_id
+), ins AS (
+    INSERT INTO messages (tenant_id, conversation_id, seq, msg_id, sender_id, sender_device,
+                          kind, body, digest, created_at, recalled)
+    SELECT tenant_id, conversation_id, seq, msg_id, sender_id, sender_device, kind, body,
+           digest, created_at, false
+    FROM n ORDER BY tenant_id, msg_id
+), rd AS (
+    INSERT INTO read_cursors AS r (tenant_id, user_id, conversation_id, read_seq, updated_at)
+    SELECT DISTINCT ON (sender_id, conversation_id)
+           tenant_id, sender_id, conversation_id, seq, created_at
+    FROM n ORDER BY sender_id, conversation_id, seq DESC
+    ON CONFLICT (user_id, conversation_id) DO UPDATE
+        SET read_seq = excluded.read_seq, updated_at = excluded.updated_at
+        WHERE r.read_seq < excluded.read_seq AND r.tenant_id = excluded.tenant_id
+)
+SELECT d.status, coalesce(n.seq, d.known_seq) AS seq, coalesce(n.created_at, d.known_at) AS at
+FROM d LEFT JOIN n ON n.ord = d.ord
+ORDER BY d.ord
+"""
+
 TOMBSTONE_SQL = """
 UPDATE messages m SET body = '\\x'::bytea, recalled = true
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS t(tenant_id, conversation_id, seq)
@@ -112,6 +186,13 @@ class PgBatch:
             [t for t, _ in k], [i for _, i in k],
             [c for c, _ in p], [u for _, u in p],
         ]
+
+    @staticmethod
+    def one_args(rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """ONE_SQL's parameters from rows (tenant, conversation, msg_id, sender,
+        device, kind, body, digest, created_at), in the batch's order."""
+        cols = _columns(rows, 9)
+        return [*cols, sorted(set(cols[1]))]
 
     @staticmethod
     def write_args(
