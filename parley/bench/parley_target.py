@@ -13,11 +13,18 @@ signing key stored in the database.
 ``--start`` runs ``python -m parley serve`` as a subprocess on free loopback
 ports with rate limits lifted, on a temporary data directory (SQLite) or in a
 fresh schema of ``PARLEY_DATABASE_URL`` (PostgreSQL, dropped afterwards).
+
+With several ``--url`` (a cluster) each user connects to the node serving it:
+the slot map comes from ``/api/v1/route/map`` on a node's HTTP port (gateway
+port - 1), and a user goes to the ``--url`` of its slot's node.  Without a map,
+or for a node none of the ``--url`` names, users are spread over the URLs and
+the nodes redirect them (counted in ``connections.redirected``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -25,20 +32,22 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
 from parley.bench.targets import Connector, ParleyConnector, Provisioned, TargetOptions, Topology
+from parley.cluster.slots import SLOTS, slot_of_user
 from parley.config import Settings, load_settings
 from parley.errors import ConfigError, StartupError
 from parley.store import AccountStore, Database, SchemaState, schema_status
 from parley.store.sql import insert_for
 from parley.store.tables import conversations, credentials, members, users
 
-__all__ = ["NodeProcess", "ParleyTarget", "provision"]
+__all__ = ["NodeProcess", "ParleyTarget", "fetch_slot_map", "place_users", "provision"]
 
 _SERVING: Final = re.compile(r"serving on http://[^:]+:(\d+) \(WebSocket (ws://\S+/v1/ws)")
 _CHUNK: Final = 500
@@ -223,7 +232,11 @@ class ParleyTarget:
 
     async def provision(self, topology: Topology) -> Provisioned:
         assert self._settings is not None
-        done, self._bases = await provision(self._settings, topology, self._urls)
+        slot_map = None
+        if len(self._urls) > 1:
+            slot_map = await asyncio.to_thread(fetch_slot_map, self._urls)
+        done, self._bases = await provision(self._settings, topology, self._urls,
+                                            slot_map=slot_map)
         return done
 
     def connector(self) -> Connector:
@@ -243,23 +256,88 @@ class ParleyTarget:
             await self.node.stop()
 
 
-def _metrics_url(ws_url: str) -> str:
-    """The node's /metrics next to a gateway URL (HTTP port = gateway port - 1 by default)."""
-    from urllib.parse import urlsplit
-
+def _http_base(ws_url: str) -> str:
+    """The node's HTTP base URL next to a gateway URL (HTTP port = gateway port - 1
+    by default)."""
     parts = urlsplit(ws_url)
     port = (parts.port or 80) - 1
-    return f"http://{parts.hostname}:{port}/metrics"
+    return f"http://{parts.hostname}:{port}"
+
+
+def _metrics_url(ws_url: str) -> str:
+    """The node's /metrics next to a gateway URL."""
+    return f"{_http_base(ws_url)}/metrics"
+
+
+# --------------------------------------------------------------------------- placement
+
+_SERVING_STATES: Final = frozenset({"active", "draining", "joining"})
+
+
+def fetch_slot_map(ws_urls: Sequence[str]) -> dict[str, Any] | None:
+    """``GET /api/v1/route/map`` from the first node that answers (tried in order,
+    each on its gateway port - 1); None when none does (an older node, or ports
+    not following the convention)."""
+    for url in ws_urls:
+        try:
+            doc = json.loads(http_get(f"{_http_base(url)}/api/v1/route/map"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return None
+
+
+def _url_key(url: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host in ("localhost", "::1"):
+        host = "127.0.0.1"
+    return parts.scheme, host, parts.port, parts.path.rstrip("/")
+
+
+def place_users(urls: Sequence[str], user_ids: Sequence[int],
+                slot_map: Mapping[str, Any]) -> tuple[tuple[str, ...], int]:
+    """Each user's URL: the one of ``urls`` naming the node that serves its slot
+    in ``slot_map`` (a ``/api/v1/route/map`` answer); ``urls[i % len(urls)]`` for a
+    user whose slot has no owner, or whose node is not serving or not among
+    ``urls``.  Returns the URLs and how many users the map placed.  Raises
+    ValueError for a malformed map."""
+    try:
+        by_key = {_url_key(u): u for u in urls}
+        node_url: dict[str, str] = {}
+        for n in slot_map["nodes"]:
+            url = by_key.get(_url_key(str(n["ws_url"])))
+            if url is not None and n["state"] in _SERVING_STATES:
+                node_url[str(n["id"])] = url
+        table: list[str | None] = [None] * SLOTS
+        for first, last, node in slot_map["ranges"]:
+            if not 0 <= int(first) <= int(last) < SLOTS:
+                raise ValueError(f"slot range {first}..{last} out of bounds")
+            url = node_url.get(str(node))
+            if url is not None:
+                table[int(first):int(last) + 1] = [url] * (int(last) - int(first) + 1)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed slot map: {exc!r}") from None
+    out: list[str] = []
+    placed = 0
+    for i, uid in enumerate(user_ids):
+        owner = table[slot_of_user(uid)]
+        placed += owner is not None
+        out.append(owner if owner is not None else urls[i % len(urls)])
+    return tuple(out), placed
 
 
 # --------------------------------------------------------------------------- provisioning
 
 
-async def provision(settings: Settings, topology: Topology, urls: Sequence[str]
+async def provision(settings: Settings, topology: Topology, urls: Sequence[str], *,
+                    slot_map: Mapping[str, Any] | None = None
                     ) -> tuple[Provisioned, dict[int, int]]:
-    """Users, conversations and tokens for ``topology``; also each conversation's
-    last seq before the run (a receiver's first expected seq is the next one)."""
-    """Create (or find) the run's tenant, users, conversations; mint one token per user."""
+    """Create (or find) the run's tenant, users, conversations; mint one token per
+    user; also each conversation's last seq before the run (a receiver's first
+    expected seq is the next one).  With ``slot_map`` (``fetch_slot_map``) each
+    user is placed on the URL of its node (``place_users``)."""
     from parley.auth.passwords import PasswordHasher
     from parley.auth.tokens import TokenService
     from parley.clock import SystemClock
@@ -293,9 +371,17 @@ async def provision(settings: Settings, topology: Topology, urls: Sequence[str]
         bases = await _last_seqs(db, [*directs, *groups])
     finally:
         await db.close()
+    user_urls: tuple[str, ...] = ()
+    if slot_map is not None and urls:
+        try:
+            user_urls, placed = place_users(urls, uids, slot_map)
+        except ValueError:
+            placed = 0
+        if not placed:
+            user_urls = ()
     return Provisioned(urls=tuple(urls), credentials=creds,
                        directs=tuple(str(c) for c in directs),
-                       groups=tuple(str(g) for g in groups)), bases
+                       groups=tuple(str(g) for g in groups), user_urls=user_urls), bases
 
 
 async def _last_seqs(db: Database, conv_ids: list[int]) -> dict[int, int]:

@@ -55,8 +55,10 @@ def group_shape(run_id: str, groups: int, members: int, senders: int) -> Shape:
 
 
 def user_specs(shape: Shape, prov: Provisioned) -> list[UserSpec]:
-    """One spec per user, in user order; user ``i`` connects to ``urls[i % len(urls)]``."""
+    """One spec per user, in user order; user ``i`` connects to ``user_urls[i]`` when
+    the target placed its users, else to ``urls[i % len(urls)]``."""
     out = []
+    placed = prov.user_urls
     for i in range(shape.topology.users):
         conv = None
         fanout = 0
@@ -64,5 +66,6 @@ def user_specs(shape: Shape, prov: Provisioned) -> list[UserSpec]:
             kind, slot = shape.sends[i]
             conv = prov.directs[slot] if kind == "direct" else prov.groups[slot]
             fanout = len(shape.receivers[i])
-        out.append(UserSpec(i, prov.credentials[i], prov.urls[i % len(prov.urls)], conv, fanout))
+        url = placed[i] if placed else prov.urls[i % len(prov.urls)]
+        out.append(UserSpec(i, prov.credentials[i], url, conv, fanout))
     return out

@@ -18,7 +18,9 @@ exactly the same measurement with ``--target module:factory``:
   :class:`ConnectFailed` with a short stable ``code`` (counted by code).
 * :class:`TargetConnection`: ``send(conv, payload, token)`` never blocks and
   never raises; ``close()`` begins closing.  Outcomes come back through the
-  :class:`Events` the bench passed to ``connect``.
+  :class:`Events` the bench passed to ``connect``.  An optional int attribute
+  ``redirects`` (how often the server sent the connection elsewhere before
+  accepting it) is summed into the report's ``connections.redirected``.
 
 Guarantees a target must give, or the checker reports it as a failure:
 
@@ -102,8 +104,9 @@ class Provisioned:
     """What ``Target.provision`` made: everything a worker needs to connect and send.
 
     ``urls``: endpoints; the bench spreads users over them (user ``i`` uses
-    ``urls[i % len(urls)]``).  ``credentials[i]``: opaque to the bench (a token,
-    a password...).  ``directs[k]`` / ``groups[k]``: opaque conversation
+    ``urls[i % len(urls)]``) unless ``user_urls`` places each user (``user_urls[i]``,
+    e.g. the node serving user ``i``).  ``credentials[i]``: opaque to the bench (a
+    token, a password...).  ``directs[k]`` / ``groups[k]``: opaque conversation
     references passed back to ``TargetConnection.send``.
     """
 
@@ -111,6 +114,8 @@ class Provisioned:
     credentials: tuple[str, ...]
     directs: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    user_urls: tuple[str, ...] = ()
+    """Empty, or one URL per user."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,10 +271,12 @@ class ParleyConnector:
 
     async def connect(self, user: int, credential: str, url: str, local_host: str,
                       events: Events, keepalive_s: float | None) -> TargetConnection:
-        """Connect, following a cluster's redirects (``reconnect`` ``moved`` + 4010)."""
-        for _ in range(4):
+        """Connect, following a cluster's redirects (``reconnect`` ``moved`` + 4010;
+        counted in the connection's ``redirects``)."""
+        for redirects in range(4):
             conn = await self._connect_once(credential, url, local_host, events, keepalive_s)
             if conn.moved_to is None:
+                conn.redirects = redirects
                 return conn
             url = conn.moved_to.split("?")[0]
         raise ConnectFailed("redirects", "redirected too many times")
@@ -319,7 +326,7 @@ class ParleyConnection(WSListener):
     """
 
     __slots__ = ("_ack_due", "_bases", "_convs", "_device", "_events", "_nonce", "_pending",
-                 "_uid", "_ws", "closed_code", "moved_to", "repushed", "welcomed")
+                 "_uid", "_ws", "closed_code", "moved_to", "redirects", "repushed", "welcomed")
 
     def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None) -> None:
         self._events = events
@@ -332,6 +339,7 @@ class ParleyConnection(WSListener):
         self._pending: dict[int, list[Any]] = {}  # conv -> [contiguous seq, {seq: early Msg}]
         self._ack_due: set[int] = set()
         self.repushed = 0
+        self.redirects = 0
         self.moved_to: str | None = None
         self.closed_code: int | None = None
         self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
