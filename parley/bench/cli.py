@@ -140,6 +140,14 @@ def _make_common(kw: dict[str, Any]) -> Common:
 class Phase(NamedTuple):
     rate: float
     duration_s: float
+    warmup_s: float = 0.0
+
+
+def _warmup_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--warmup", "warmup_s", type=click.FloatRange(0, 600), default=0.0, show_default=True,
+        help="Seconds to send at the rate before measuring: those messages are checked "
+        "(lost/duplicated/reordered) but their latencies are not recorded.")(f)
 
 
 @click.group()
@@ -168,15 +176,17 @@ def connect(connections: int, hold: float, **kw: Any) -> None:
 @click.option("--rate", type=click.FloatRange(0.1, 1_000_000), required=True,
               help="Messages per second, all users together (open loop).")
 @click.option("--duration", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
-def chat(users: int, rate: float, duration: float, **kw: Any) -> None:
+@_warmup_option
+def chat(users: int, rate: float, duration: float, warmup_s: float, **kw: Any) -> None:
     """Users in 1:1 pairs at an aggregate rate: ack and delivery latency, correctness."""
     if users % 2:
         raise click.BadParameter("must be even (users talk in pairs)", param_hint="--users")
     c = _make_common(kw)
     from parley.bench.scenarios import chat_shape
 
-    _execute(c, "chat", {"users": users, "rate": rate, "duration_s": duration},
-             chat_shape(c.run_id, users), [Phase(rate, duration)], None)
+    _execute(c, "chat", {"users": users, "rate": rate, "duration_s": duration,
+                         "warmup_s": warmup_s},
+             chat_shape(c.run_id, users), [Phase(rate, duration, warmup_s)], None)
 
 
 @bench.command()
@@ -188,16 +198,17 @@ def chat(users: int, rate: float, duration: float, **kw: Any) -> None:
 @click.option("--rate", type=click.FloatRange(0.1, 1_000_000), required=True,
               help="Messages per second into all groups together.")
 @click.option("--duration", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
+@_warmup_option
 def group(groups: int, members: int, senders: int, rate: float, duration: float,
-          **kw: Any) -> None:
+          warmup_s: float, **kw: Any) -> None:
     """Groups with every member online: deliveries per second and delivery latency."""
     c = _make_common(kw)
     from parley.bench.scenarios import group_shape
 
     params = {"groups": groups, "members": members, "senders": min(senders, members),
-              "rate": rate, "duration_s": duration}
+              "rate": rate, "duration_s": duration, "warmup_s": warmup_s}
     _execute(c, "group", params, group_shape(c.run_id, groups, members, min(senders, members)),
-             [Phase(rate, duration)], None)
+             [Phase(rate, duration, warmup_s)], None)
 
 
 @bench.command("max")
@@ -219,10 +230,13 @@ def group(groups: int, members: int, senders: int, rate: float, duration: float,
 @click.option("--groups", type=click.IntRange(1, 10_000), default=1, show_default=True)
 @click.option("--members", type=click.IntRange(2, 100_000), default=100, show_default=True)
 @click.option("--senders", type=click.IntRange(1, 100_000), default=10, show_default=True)
+@_warmup_option
 def max_rate(scenario: str, p99_ms: float, metric: str | None, start_rate: float,
              factor: float, step_s: float, max_steps: int, users: int, groups: int,
-             members: int, senders: int, **kw: Any) -> None:
-    """Raise the rate step by step until p99 passes --p99-ms or a message is lost."""
+             members: int, senders: int, warmup_s: float, **kw: Any) -> None:
+    """Raise the rate step by step until p99 passes --p99-ms or a message is lost.
+
+    --warmup runs once, at the first step's rate, before the first step."""
     if scenario == "chat" and users % 2:
         raise click.BadParameter("must be even (users talk in pairs)", param_hint="--users")
     c = _make_common(kw)
@@ -234,9 +248,11 @@ def max_rate(scenario: str, p99_ms: float, metric: str | None, start_rate: float
     params = {"scenario": scenario, "p99_ms": p99_ms, "metric": metric,
               "start_rate": start_rate, "factor": factor, "step_s": step_s,
               "max_steps": max_steps, "users": users, "groups": groups, "members": members,
-              "senders": senders}
+              "senders": senders, "warmup_s": warmup_s}
     rates = [round(start_rate * factor ** i, 1) for i in range(max_steps)]
-    _execute(c, "max", params, shape, [Phase(r, step_s) for r in rates], (metric, p99_ms))
+    _execute(c, "max", params, shape,
+             [Phase(r, step_s, warmup_s if i == 0 else 0.0) for i, r in enumerate(rates)],
+             (metric, p99_ms))
 
 
 # --------------------------------------------------------------------------- running
@@ -247,7 +263,8 @@ def _execute(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
     import uvloop
 
     deadline = c.deadline_s or (120 + shape.topology.users / 100
-                                + sum(p.duration_s + c.drain_s + 5 for p in phases))
+                                + sum(p.warmup_s + p.duration_s + c.drain_s + 5
+                                      for p in phases))
     params = {**params, "backend": c.backend if c.start else None, "urls": list(c.urls),
               "run_id": c.run_id, "workers": c.workers or None, "drain_s": c.drain_s}
     try:
@@ -304,6 +321,7 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
             ticker = asyncio.create_task(coord.ticker())
             try:
                 await coord.connect(prov)
+                placement = "slot map" if prov.user_urls else "spread"
                 results = await _phases(coord, phases, bound)
                 coord.sample_tick({})
             finally:
@@ -315,7 +333,7 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
             live.stop()
         await target.close()
     return _result(scenario, params, started_at, time.monotonic() - t0, coord, results, bound,
-                   c.target, shape)
+                   c.target, shape, placement)
 
 
 async def _phases(coord: Coordinator, phases: list[Phase],
@@ -324,7 +342,7 @@ async def _phases(coord: Coordinator, phases: list[Phase],
     from parley.bench.coordinator import Phase as RunPhase
 
     for p in phases:
-        r = await coord.run_phase(RunPhase(p.rate, p.duration_s))
+        r = await coord.run_phase(RunPhase(p.rate, p.duration_s, p.warmup_s))
         out.append(r)
         if bound is None:
             continue
@@ -344,17 +362,19 @@ def _passed(r: PhaseResult, bound: tuple[str, float]) -> bool:
 
 def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: float,
             coord: Coordinator, results: list[PhaseResult], bound: tuple[str, float] | None,
-            target: str, shape: Shape) -> dict[str, Any]:
-    from parley.bench.coordinator import percentiles
+            target: str, shape: Shape, placement: str) -> dict[str, Any]:
+    from parley.bench.coordinator import Warmup, percentiles
     from parley.bench.report import cdf
     from parley.bench.stats import machine, versions
     from parley.bench.worker import new_histogram
 
     ack, deliver, lag = new_histogram(), new_histogram(), new_histogram()
+    warm = Warmup(0.0)
     for r in results:
         ack.add(r.ack)
         deliver.add(r.deliver)
         lag.add(r.lag)
+        warm.add(r.warmup)
     steps = [r.as_dict() for r in results]
     total = {k: sum(s[k] for s in steps) for k in
              ("sent", "acked", "unacked", "delivered", "lost", "duplicated", "reordered",
@@ -370,8 +390,9 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
     result: dict[str, Any] = {
         "scenario": scenario, "target": target, "params": params, "started_at": started_at,
         "duration_s": round(elapsed, 3), "run_s": run_s, **total,
-        "throughput_per_s": total["acked"] / run_s,
-        "deliveries_per_s": total["delivered"] / run_s,
+        "throughput_per_s": max(0, total["acked"] - warm.acked) / run_s,
+        "deliveries_per_s": max(0, total["delivered"] - warm.delivered) / run_s,
+        "warmup": warm.as_dict(),
         "ack_ms": percentiles(ack), "deliver_ms": percentiles(deliver),
         "cdf": {"ack": cdf(ack), "deliver": cdf(deliver)},
         "connections": {
@@ -379,6 +400,7 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
             "failed": coord.total("conns_failed"), "connect_s": coord.connected_at,
             "rate_per_s": open_at_full / coord.connected_at if coord.connected_at else 0.0,
             "connect_ms": percentiles(coord.all.connect),
+            "placement": placement, "redirected": coord.total("redirects"),
         },
         "server": {
             "rss_bytes": srv.rss_bytes if srv else None,

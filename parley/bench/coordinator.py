@@ -1,11 +1,18 @@
 """The coordinator: provisions, spawns workers, drives phases, merges reports.
 
 One run: ``target.start()`` -> ``provision`` -> spawn workers (each connects
-its users and says ``ready``) -> phases (``run`` at a rate for a duration, then
-a bounded drain until every acknowledged message reached every receiver, then
-``check``: the checker's verdict) -> ``finish`` -> ``target.close()``.
-Everything is under one hard deadline.  Per-second points (rates, latency
-percentiles, connections, server RSS/CPU, client CPU) form the time series.
+its users and says ``ready``) -> phases (``run`` at a rate, for an optional
+warm-up then the measured duration, then a bounded drain until every
+acknowledged message reached every receiver, then ``check``: the checker's
+verdict) -> ``finish`` -> ``target.close()``.  Everything is under one hard
+deadline.  Per-second points (rates, latency percentiles, connections, server
+RSS/CPU, client CPU) form the time series; its points during a warm-up are
+labelled ``warmup`` and their latencies are those of the warm-up messages.
+
+A warm-up's messages count everywhere correctness is judged (the phase's
+verdict); their latencies are kept apart (``warm_ack``/``warm_deliver``), out of
+the phase's histograms, and throughput divides the measured messages by the
+measured duration.
 """
 
 from __future__ import annotations
@@ -29,13 +36,15 @@ from parley.bench.stats import ServerSample, ServerStats
 from parley.bench.targets import Provisioned, Target
 from parley.bench.worker import Report, WorkerSpec, new_histogram, worker_main
 
-__all__ = ["Coordinator", "Phase", "PhaseResult", "RunConfig", "percentiles"]
+__all__ = ["Coordinator", "Phase", "PhaseResult", "RunConfig", "Warmup", "percentiles"]
 
 
 @dataclass(frozen=True, slots=True)
 class Phase:
     rate: float
     duration_s: float
+    warmup_s: float = 0.0
+    """Seconds sent at ``rate`` before ``duration_s``: checked, latencies not recorded."""
 
 
 @dataclass(slots=True)
@@ -75,16 +84,19 @@ class PhaseResult:
     server_cpu_s: float
     errors: dict[str, int]
     drained: bool
+    warmup: Warmup = field(default_factory=lambda: Warmup(0.0))
 
     def as_dict(self) -> dict[str, Any]:
-        v = self.verdict
+        v, w = self.verdict, self.warmup
         d = self.duration_s or 1.0
-        return {
-            "rate": self.rate, "duration_s": self.duration_s, "sent": v.sent, "acked": v.acked,
+        out = {
+            "rate": self.rate, "duration_s": self.duration_s, "warmup_s": w.duration_s,
+            "sent": v.sent, "acked": v.acked,
             "unacked": v.unacked, "expected": v.expected, "delivered": v.delivered,
             "lost": v.lost, "duplicated": v.duplicated, "reordered": v.reordered,
             "delivered_unacked": v.delivered_unacked, "drained": self.drained,
-            "throughput_per_s": v.acked / d, "deliveries_per_s": v.delivered / d,
+            "throughput_per_s": max(0, v.acked - w.acked) / d,
+            "deliveries_per_s": max(0, v.delivered - w.delivered) / d,
             "ack_ms": percentiles(self.ack), "deliver_ms": percentiles(self.deliver),
             "client_lag_ms": percentiles(self.lag), "client_cpu_s": self.client_cpu_s,
             "client_cpu_us_per_msg": _per(self.client_cpu_s, v.sent + v.delivered),
@@ -92,6 +104,35 @@ class PhaseResult:
             "server_cpu_us_per_msg": _per(self.server_cpu_s, v.sent),
             "errors": self.errors,
         }
+        if w.duration_s:
+            out["warmup"] = w.as_dict()
+        return out
+
+
+@dataclass(slots=True)
+class Warmup:
+    """A phase's warm-up: its messages (counted in the phase's verdict too) and
+    their latencies (in no other histogram)."""
+
+    duration_s: float
+    sent: int = 0
+    acked: int = 0
+    delivered: int = 0
+    ack: HdrHistogram = field(default_factory=new_histogram)
+    deliver: HdrHistogram = field(default_factory=new_histogram)
+
+    def add(self, other: Warmup) -> None:
+        self.duration_s += other.duration_s
+        self.sent += other.sent
+        self.acked += other.acked
+        self.delivered += other.delivered
+        self.ack.add(other.ack)
+        self.deliver.add(other.deliver)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"duration_s": self.duration_s, "sent": self.sent, "acked": self.acked,
+                "delivered": self.delivered, "ack_ms": percentiles(self.ack),
+                "deliver_ms": percentiles(self.deliver)}
 
 
 def _minus(v: Verdict, p: Verdict) -> Verdict:
@@ -100,6 +141,16 @@ def _minus(v: Verdict, p: Verdict) -> Verdict:
              "reordered", "delivered_unacked")
     out = Verdict(**{n: getattr(v, n) - getattr(p, n) for n in names})
     out.lost_streams = v.lost_streams
+    return out
+
+
+def _both(a: HdrHistogram, b: HdrHistogram) -> HdrHistogram:
+    """``a`` and ``b`` together (a series point shows every latency of its second)."""
+    if b.get_total_count() == 0:
+        return a
+    out = new_histogram()
+    out.add(a)
+    out.add(b)
     return out
 
 
@@ -125,9 +176,11 @@ class _Totals:
     deliver: HdrHistogram = field(default_factory=new_histogram)
     lag: HdrHistogram = field(default_factory=new_histogram)
     connect: HdrHistogram = field(default_factory=new_histogram)
+    warm_ack: HdrHistogram = field(default_factory=new_histogram)
+    warm_deliver: HdrHistogram = field(default_factory=new_histogram)
 
     def add(self, r: Report) -> None:
-        for name in ("ack", "deliver", "lag", "connect"):
+        for name in ("ack", "deliver", "lag", "connect", "warm_ack", "warm_deliver"):
             data = getattr(r, f"{name}_hist")
             if data:
                 getattr(self, name).add(HdrHistogram.decode(data))
@@ -151,6 +204,8 @@ class Coordinator:
         self.server_before: ServerSample | None = None
         self.connected_at: float | None = None
         self.label = "starting"
+        self._measure_at_ns = 0
+        """While ``time.monotonic_ns()`` is below it, the running phase warms up."""
         self.last_point: dict[str, Any] = {}
         self._verdict = Verdict()
         self._event = asyncio.Event()
@@ -262,13 +317,16 @@ class Coordinator:
         self.phase = _Totals()
         cpu0, srv0 = self.client_cpu(), self.stats.sample()
         before = self.errors()
+        warm0 = {k: self.total(k) for k in ("warm_sent", "warm_acked", "warm_delivered")}
         t0 = time.monotonic_ns() + 100_000_000
+        self._measure_at_ns = t0 + int(phase.warmup_s * 1e9)
         self.label = f"run {phase.rate:g}/s"
         for w in self.workers:
             share = sum(1 for u in w.spec.users if u.conv is not None) / senders
             w.ran = False
-            w.pipe.send(("run", t0, phase.duration_s, phase.rate * share))
-        await self._until(lambda: all(w.ran for w in self.workers), phase.duration_s + 30)
+            w.pipe.send(("run", t0, phase.duration_s, phase.rate * share, phase.warmup_s))
+        await self._until(lambda: all(w.ran for w in self.workers),
+                          phase.warmup_s + phase.duration_s + 30)
         self.label = "draining"
         self._send("interval", 0.1)
         drained = await self._until(self._drained, self.cfg.drain_s)
@@ -289,10 +347,14 @@ class Coordinator:
         srv1 = self.stats.sample()
         after = self.errors()
         errors = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
+        warm = Warmup(phase.warmup_s, self.total("warm_sent") - warm0["warm_sent"],
+                      self.total("warm_acked") - warm0["warm_acked"],
+                      self.total("warm_delivered") - warm0["warm_delivered"],
+                      self.phase.warm_ack, self.phase.warm_deliver)
         return PhaseResult(
             phase.rate, phase.duration_s, v, self.phase.ack, self.phase.deliver, self.phase.lag,
             self.client_cpu() - cpu0,
-            (srv1.cpu_s - srv0.cpu_s) if srv0 and srv1 else 0.0, errors, drained,
+            (srv1.cpu_s - srv0.cpu_s) if srv0 and srv1 else 0.0, errors, drained, warm,
         )
 
     def _drained(self) -> bool:
@@ -326,13 +388,15 @@ class Coordinator:
                "delivered": self.total("delivered"), "t": now, "client_cpu": self.client_cpu(),
                "server_cpu": srv.cpu_s if srv else 0.0}
         dt = now - prev.get("t", 0.0) or 1.0
+        label = "warmup" if time.monotonic_ns() < self._measure_at_ns else self.label
         point: dict[str, Any] = {
-            "t": round(now, 3), "phase": self.label, "connections": self.total("conns_open"),
+            "t": round(now, 3), "phase": label, "connections": self.total("conns_open"),
             "connect_failed": self.total("conns_failed"),
             "sent_per_s": (cur["sent"] - prev.get("sent", 0)) / dt,
             "acked_per_s": (cur["acked"] - prev.get("acked", 0)) / dt,
             "delivered_per_s": (cur["delivered"] - prev.get("delivered", 0)) / dt,
-            "ack_ms": percentiles(self.tick.ack), "deliver_ms": percentiles(self.tick.deliver),
+            "ack_ms": percentiles(_both(self.tick.ack, self.tick.warm_ack)),
+            "deliver_ms": percentiles(_both(self.tick.deliver, self.tick.warm_deliver)),
             "client_cpu_pct": 100 * (cur["client_cpu"] - prev.get("client_cpu", 0)) / dt,
             "server_cpu_pct": 100 * (cur["server_cpu"] - prev.get("server_cpu", 0)) / dt
             if srv else None,

@@ -5,6 +5,13 @@ duration_s, sent, acked, delivered, lost, duplicated, reordered,
 throughput_per_s, ack_ms and deliver_ms (p50, p90, p99, p999, max), server
 (rss_bytes, cpu_s, processes), errors, versions, machine (cores, memory), plus
 client cost, per-second ``series`` and, for ``max``, every ``steps`` entry.
+``warmup`` (duration_s, sent, acked, delivered, ack_ms, deliver_ms) describes the
+messages of the warm-up (``--warmup``): counted in sent/acked/delivered and
+judged by the checker like the others, their latencies only there;
+``throughput_per_s`` and ``duration_s`` of each step are the measured part's.
+``connections.placement`` says whether users were placed by the cluster's slot
+map or spread over the URLs, ``connections.redirected`` how many connections a
+node sent elsewhere before one accepted them.
 
 Plots (``--plot DIR``, matplotlib imported only then, Agg backend):
 ``latency_over_time.png``, ``latency_cdf.png``, ``connections.png``,
@@ -49,10 +56,18 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"send->deliver ms p50 {d['p50']:.2f} p90 {d['p90']:.2f} p99 {d['p99']:.2f} "
         f"p99.9 {d['p999']:.2f} max {d['max']:.2f}",
     ]
+    w = r.get("warmup", {})
+    if w.get("duration_s"):
+        lines.append(f"warm-up {w['duration_s']:g} s (checked, latencies apart): sent "
+                     f"{w['sent']}, acked {w['acked']}, send->ack p99 "
+                     f"{w['ack_ms']['p99']:.2f} ms, send->deliver p99 "
+                     f"{w['deliver_ms']['p99']:.2f} ms")
     c = r.get("connections", {})
     if c:
         lines.append(f"connections {c.get('open')}/{c.get('requested')} open, "
-                     f"{c.get('failed')} failed, {c.get('rate_per_s', 0):.0f}/s")
+                     f"{c.get('failed')} failed, {c.get('rate_per_s', 0):.0f}/s, "
+                     f"{c.get('redirected', 0)} redirected "
+                     f"(placement: {c.get('placement', 'spread')})")
     s = r.get("server", {})
     if s.get("rss_bytes"):
         per = s.get("rss_per_connection_bytes")

@@ -7,13 +7,19 @@ the coordinator over a ``multiprocessing`` pipe:
   (cumulative counters, histogram deltas), ``("ready", Report)`` once every
   connection attempt finished, ``("summary", (senders, streams))`` on
   ``check``, ``("bye", Report)`` before exiting.
-* coordinator -> worker: ``("run", t0_ns, duration_s, rate)``,
+* coordinator -> worker: ``("run", t0_ns, duration_s, rate, warmup_s)``,
   ``("interval", seconds)``, ``("check",)``, ``("finish",)``.
 
 **Open loop**: send number ``i`` is due at ``t0 + i / rate`` whatever
 happened to earlier sends; latencies are measured from that intended time, so
 a stall (server or client) shows up in the percentiles instead of silently
 slowing the schedule.  ``lag`` records how late the worker itself was.
+
+**Warm-up**: a run with ``warmup_s`` sends on the same schedule for that long
+before its measured ``duration_s``.  A message whose intended time falls in the
+warm-up is counted and checked like any other (sent, acked, delivered, the
+checker's streams) but its latencies go to the ``warm_*`` histograms, never to
+``ack``/``deliver``/``lag``; the ``warm_*`` counters say how many there were.
 
 The garbage collector is frozen and disabled once the connections are open
 (a collection pauses the client for 20-200 ms and would fake latency); the
@@ -91,6 +97,13 @@ class Report:
     deliver_hist: bytes = b""
     connect_hist: bytes = b""
     lag_hist: bytes = b""
+    redirects: int = 0
+    """Redirects followed before connections were accepted (``conn.redirects``)."""
+    warm_sent: int = 0
+    warm_acked: int = 0
+    warm_delivered: int = 0
+    warm_ack_hist: bytes = b""
+    warm_deliver_hist: bytes = b""
 
 
 class _User:
@@ -113,6 +126,8 @@ class _User:
         w = self.w
         w.ledger.sent(self.index, seq, intended_ns)
         w.sent += 1
+        if intended_ns < w.measure_from:
+            w.warm_sent += 1
         if self.conn is not None and self.conv is not None:
             self.conn.send(self.conv, b"%d.%d.%d" % (self.index, seq, intended_ns), seq)
 
@@ -125,7 +140,12 @@ class _User:
             return
         w.acked += 1
         w.expected += self.fanout
-        w.ack_hist.record_value(min((time.monotonic_ns() - t0) // 1000 or 1, HIST_MAX_US))
+        us = min((time.monotonic_ns() - t0) // 1000 or 1, HIST_MAX_US)
+        if w.warm_from <= t0 < w.measure_from:
+            w.warm_acked += 1
+            w.warm_ack_hist.record_value(us)
+        else:
+            w.ack_hist.record_value(us)
 
     def failed(self, token: int, code: str) -> None:
         w = self.w
@@ -136,9 +156,14 @@ class _User:
     def delivered(self, payload: bytes) -> None:
         w = self.w
         s, q, t = payload.split(b".")
+        intended = int(t)
         w.delivered += 1
-        w.deliver_hist.record_value(
-            min((time.monotonic_ns() - int(t)) // 1000 or 1, HIST_MAX_US))
+        us = min((time.monotonic_ns() - intended) // 1000 or 1, HIST_MAX_US)
+        if w.warm_from <= intended < w.measure_from:
+            w.warm_delivered += 1
+            w.warm_deliver_hist.record_value(us)
+        else:
+            w.deliver_hist.record_value(us)
         w.checker.record(int(s), self.index, int(q))
 
     def closed(self, code: int, reason: str) -> None:
@@ -158,13 +183,18 @@ class _Worker:
         self.users = [_User(self, u) for u in spec.users]
         self.senders = [u for u in self.users if u.conv is not None]
         self.sent = self.acked = self.failed = self.delivered = self.expected = 0
-        self.conns_open = self.conns_failed = self.connect_attempts = 0
+        self.conns_open = self.conns_failed = self.connect_attempts = self.redirects = 0
+        self.warm_sent = self.warm_acked = self.warm_delivered = 0
+        self.warm_from = self.measure_from = 0
+        """Intended send times in ``[warm_from, measure_from)`` belong to a warm-up."""
         self.errors: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.ack_hist = new_histogram()
         self.deliver_hist = new_histogram()
         self.connect_hist = new_histogram()
         self.lag_hist = new_histogram()
+        self.warm_ack_hist = new_histogram()
+        self.warm_deliver_hist = new_histogram()
         self.interval_s = spec.interval_s
         self.commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -178,6 +208,9 @@ class _Worker:
             errors=dict(self.errors), closes=dict(self.closes),
             ack_hist=_take(self.ack_hist), deliver_hist=_take(self.deliver_hist),
             connect_hist=_take(self.connect_hist), lag_hist=_take(self.lag_hist),
+            redirects=self.redirects, warm_sent=self.warm_sent, warm_acked=self.warm_acked,
+            warm_delivered=self.warm_delivered, warm_ack_hist=_take(self.warm_ack_hist),
+            warm_deliver_hist=_take(self.warm_deliver_hist),
         )
         return r
 
@@ -220,12 +253,21 @@ class _Worker:
                     min((time.monotonic_ns() - t0) // 1000 or 1, HIST_MAX_US))
                 u.conn = conn
                 self.conns_open += 1
+                self.redirects += getattr(conn, "redirects", 0)
 
         await asyncio.gather(*(one(u, s) for u, s in zip(self.users, self.spec.users,
                                                           strict=True)))
 
-    async def run(self, t0_ns: int, duration_s: float, rate: float) -> None:
-        end = t0_ns + int(duration_s * 1e9)
+    async def run(self, t0_ns: int, duration_s: float, rate: float,
+                  warmup_s: float = 0.0) -> None:
+        """Send at ``rate`` from ``t0_ns`` for ``warmup_s`` then ``duration_s``.
+
+        A run without warm-up keeps the last warm-up's window, so a warm-up
+        message acknowledged late is still told apart."""
+        measured = t0_ns + int(warmup_s * 1e9)
+        if warmup_s > 0:
+            self.warm_from, self.measure_from = t0_ns, measured
+        end = measured + int(duration_s * 1e9)
         senders = self.senders
         if rate <= 0 or not senders:
             await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
@@ -241,7 +283,8 @@ class _Worker:
                 return
             t = now()
             if due <= t:
-                lag.record_value(min((t - due) // 1000 or 1, HIST_MAX_US))
+                if due >= measured:
+                    lag.record_value(min((t - due) // 1000 or 1, HIST_MAX_US))
                 while due <= t and due < end:
                     senders[i % n].send(due)
                     i += 1
@@ -278,7 +321,7 @@ async def _main(spec: WorkerSpec, pipe: Connection) -> None:
         while True:
             cmd = await w.commands.get()
             if cmd[0] == "run":
-                await w.run(cmd[1], cmd[2], cmd[3])
+                await w.run(*cmd[1:])
                 pipe.send(("ran", w.report()))
             elif cmd[0] == "interval":
                 w.interval_s = float(cmd[1])

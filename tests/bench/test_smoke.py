@@ -123,6 +123,23 @@ def test_chat(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     _plots(tmp_path / "plots")
 
 
+def test_chat_with_warmup(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    """Warm-up messages are checked (counted in sent/acked/delivered, lost 0) but
+    their latencies are not in ack_ms/deliver_ms; throughput is the measured part's."""
+    proc = bench("chat", *node[0], *_out(tmp_path), "--users", "20", "--rate", "100",
+                 "--warmup", "2", "--duration", "1", "--workers", "2", env=node[1])
+    r = _check(tmp_path, proc, "chat", node[1])
+    assert r["params"]["warmup_s"] == 2
+    assert r["sent"] == r["acked"] == r["delivered"] == 300
+    assert r["ack_ms"]["count"] == r["deliver_ms"]["count"] == 100
+    w = r["warmup"]
+    assert (w["sent"], w["acked"], w["delivered"]) == (200, 200, 200)
+    assert w["ack_ms"]["count"] == w["deliver_ms"]["count"] == 200
+    assert r["run_s"] == 1 and r["throughput_per_s"] == 100
+    assert "warmup" in {p["phase"] for p in r["series"]}
+    assert "warm-up 2 s" in proc.stdout
+
+
 def test_group(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     proc = bench("group", *node[0], *_out(tmp_path), "--groups", "2", "--members", "10",
                  "--senders", "3", "--rate", "40", "--duration", "1", env=node[1])
