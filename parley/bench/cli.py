@@ -382,8 +382,8 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
     run_s = sum(r.duration_s for r in results) or 1.0
     client_cpu = sum(r.client_cpu_s for r in results)
     srv, before = coord.server, coord.server_before
-    conns = coord.total("conns_open") if coord.last_point else 0
-    open_at_full = max((p["connections"] for p in coord.series), default=conns)
+    open_at_full = max((p["connections"] for p in coord.series), default=0)
+    open_at_full = max(open_at_full, coord.opened)
     rss_per = None
     if srv and before and open_at_full:
         rss_per = (srv.rss_bytes - before.rss_bytes) / open_at_full

@@ -203,6 +203,8 @@ class Coordinator:
         self.server: ServerSample | None = None
         self.server_before: ServerSample | None = None
         self.connected_at: float | None = None
+        self.opened = 0
+        """Connections open once every worker was ready."""
         self.label = "starting"
         self._measure_at_ns = 0
         """While ``time.monotonic_ns()`` is below it, the running phase warms up."""
@@ -309,6 +311,7 @@ class Coordinator:
         if not ok:
             raise TimeoutError("workers did not finish connecting in time")
         self.connected_at = time.monotonic() - self.t_start
+        self.opened = self.total("conns_open")
         await asyncio.sleep(0.5)  # let the server settle before measuring its memory
         self.server = self.stats.sample()
 
