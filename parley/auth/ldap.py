@@ -27,6 +27,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from parley.clock import Clock
 from parley.config import Settings
@@ -34,14 +35,8 @@ from parley.errors import Conflict, ParleyError, Unauthenticated, Unavailable
 from parley.store.accounts import AccountStore, User
 from parley.store.identities import IdentityStore
 
-with warnings.catch_warnings():
-    # ldap3 2.9.1 uses pyasn1 names that pyasn1 >= 0.6.1 reports as deprecated.
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pyasn1\..*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*Map is deprecated")
-    from ldap3 import BASE, NONE, SUBTREE, Connection, Server
-    from ldap3.core.exceptions import LDAPException, LDAPSocketOpenError
-    from ldap3.utils.conv import escape_filter_chars
-    from ldap3.utils.dn import escape_rdn
+if TYPE_CHECKING:
+    from ldap3 import Connection, Server
 
 __all__ = ["LdapConfig", "LdapPasswordProvider", "ldap_provider_from_settings"]
 
@@ -79,6 +74,21 @@ class _WrongPassword(Exception):
     pass
 
 
+def _import_ldap3() -> None:
+    """Import ldap3, once a provider is built: ldap3 and pyasn1 are ~5 MB of memory
+    that a node without a directory never needs.  The methods below import the
+    names they use from the module this loaded."""
+    with warnings.catch_warnings():
+        # ldap3 2.9.1 uses pyasn1 names that pyasn1 >= 0.6.1 reports as deprecated.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pyasn1\..*")
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, message=r".*Map is deprecated"
+        )
+        import ldap3.core.exceptions
+        import ldap3.utils.conv
+        import ldap3.utils.dn  # noqa: F401
+
+
 def _bind(conn: Connection) -> bool:
     """``conn.bind()``, closing the socket ldap3 leaves open when it cannot connect."""
     try:
@@ -107,6 +117,7 @@ class LdapPasswordProvider:
     ) -> None:
         if config.bind_dn_template is None and config.search_base is None:
             raise ValueError("LDAP needs bind_dn_template or search_base")
+        _import_ldap3()
         self._config = config
         self._accounts = accounts
         self._identities = identities
@@ -128,9 +139,13 @@ class LdapPasswordProvider:
 
     # -- directory (worker thread) -------------------------------------------------
     def _server(self) -> Server:
+        from ldap3 import NONE, Server
+
         return Server(self._config.url, connect_timeout=self._config.timeout_s, get_info=NONE)
 
     def _connection(self, user: str | None, password: str | None) -> Connection:
+        from ldap3 import Connection
+
         return Connection(
             self._server(), user=user, password=password, read_only=True,
             # ldap3 packs this into SO_RCVTIMEO: whole seconds only.
@@ -142,6 +157,8 @@ class LdapPasswordProvider:
         return sorted({c.subject_attribute, *c.attribute_map.values()})
 
     def _entry(self, conn: Connection, dn: str) -> _Entry:
+        from ldap3 import BASE
+
         c = self._config
         attrs: dict[str, object] = {}
         if conn.search(dn, "(objectClass=*)", search_scope=BASE, attributes=self._attributes()):
@@ -168,6 +185,9 @@ class LdapPasswordProvider:
         raise Unavailable(f"directory refused the bind ({conn.result.get('description')})")
 
     def _find_dn(self, username: str) -> str | None:
+        from ldap3 import SUBTREE
+        from ldap3.utils.conv import escape_filter_chars
+
         c = self._config
         assert c.search_base is not None
         conn = self._connection(c.service_dn, c.service_password)
@@ -185,6 +205,9 @@ class LdapPasswordProvider:
             conn.unbind()
 
     def _lookup_and_bind(self, username: str, password: str) -> _Entry | None:
+        from ldap3.core.exceptions import LDAPException, LDAPSocketOpenError
+        from ldap3.utils.dn import escape_rdn
+
         c = self._config
         try:
             if c.bind_dn_template is not None:
