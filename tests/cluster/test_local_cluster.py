@@ -1,7 +1,8 @@
 """A local cluster as an operator starts it (``parley serve --nodes 3``, PostgreSQL),
 used through real sockets: clients connecting to any node end up on their user's
-node, messages and events cross nodes, ``/api/v1/route`` and ``parley cluster
-status`` agree with where the clients are, and Ctrl-C stops every node.
+node, messages and events cross nodes, ``/api/v1/route``, ``/api/v1/route/map``
+and ``parley cluster status`` agree with where the clients are, ``parley bench``
+connects each user straight to its node, and Ctrl-C stops every node.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 from parley.auth.tokens import TokenService
 from parley.client import ParleyClient, decode_body
 from parley.clock import SystemClock
+from parley.cluster.slots import SLOTS, slot_of_user
 from parley.protocol import TypingEvent
 from parley.store import AccountStore, Database
 from parley.store.conversations import ConversationStore
@@ -172,6 +174,7 @@ async def test_clients_land_on_their_node_and_talk_across_nodes(cluster: LocalCl
         assert len(nodes_used) >= 2, ports  # the seed node does not keep everyone
 
         # Where the SDK ended up is what /api/v1/route says.
+        routes = []
         for c, tok, port in zip(clients, p.tokens, ports, strict=True):
             async with httpx.AsyncClient() as http:
                 r = await http.get(f"{cluster.http(1)}/api/v1/route",
@@ -179,6 +182,17 @@ async def test_clients_land_on_their_node_and_talk_across_nodes(cluster: LocalCl
             assert r.status_code == 200, r.text
             assert r.json()["ws_url"].startswith(f"ws://127.0.0.1:{port}/"), (r.json(), port)
             assert c.connected
+            routes.append(r.json())
+
+        # The public slot map covers every slot once and agrees with /api/v1/route.
+        async with httpx.AsyncClient() as http:
+            smap = (await http.get(f"{cluster.http(2)}/api/v1/route/map")).json()
+        assert [s for a, b, _ in smap["ranges"] for s in range(a, b + 1)] == list(range(SLOTS))
+        ws = {n["id"]: n["ws_url"] for n in smap["nodes"]}
+        assert sorted(ws.values()) == sorted(cluster.ws(i) for i in range(NODES))
+        for uid, route in zip(p.ids, routes, strict=True):
+            owner = next(n for a, b, n in smap["ranges"] if a <= slot_of_user(uid) <= b)
+            assert (owner, ws[owner]) == (route["node"], route["ws_url"])
 
         # Everyone writes to user 0, in order; user 0 sees each conversation in order, once.
         hub, others = clients[0], clients[1:]
@@ -224,6 +238,31 @@ async def _take(c: ParleyClient, n: int) -> AsyncIterator[Any]:
     it = c.messages()
     for _ in range(n):
         yield await anext(it)
+
+
+def _bench_connect(cluster: LocalCluster, tmp: Path, *urls: str) -> dict[str, Any]:
+    out = tmp / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "parley", "bench", "connect", "--connections", "30", "--hold",
+         "0", "--quiet", "--run-id", "placed", "--json", str(out),
+         *(a for u in urls for a in ("--url", u))],
+        env={**cluster.env, "PARLEY_DATABASE_URL": PG_DSN}, capture_output=True, text=True,
+        timeout=90)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    conns: dict[str, Any] = json.loads(out.read_text())["connections"]
+    assert (conns["open"], conns["failed"]) == (30, 0), conns
+    return conns
+
+
+async def test_bench_connects_each_user_to_its_node(cluster: LocalCluster,
+                                                    tmp_path: Path) -> None:
+    # Given every node, the bench places users by the slot map: nobody is redirected.
+    urls = [cluster.ws(i) for i in range(NODES)]
+    conns = await asyncio.to_thread(_bench_connect, cluster, tmp_path, *urls)
+    assert (conns["placement"], conns["redirected"]) == ("slot map", 0), conns
+    # Given one node, the same users are sent on to their nodes (and counted).
+    conns = await asyncio.to_thread(_bench_connect, cluster, tmp_path, urls[0])
+    assert conns["placement"] == "spread" and conns["redirected"] > 0, conns
 
 
 async def test_status_needs_the_secret_and_metrics_agree(cluster: LocalCluster) -> None:
