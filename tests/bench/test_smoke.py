@@ -151,11 +151,16 @@ def test_group(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
 def test_max(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     proc = bench("max", *node[0], *_out(tmp_path), "--scenario", "chat", "--users", "10",
                  "--start-rate", "50", "--factor", "2", "--step", "1", "--max-steps", "2",
-                 "--p99-ms", "60000", env=node[1])
+                 "--p99-ms", "60000", "--warmup", "1", env=node[1])
     r = _check(tmp_path, proc, "max", node[1])
     assert [s["rate"] for s in r["steps"]] == [50, 100]
     assert r["max_rate_per_s"] == 100
     assert all(s["lost"] == 0 and s["duplicated"] == 0 for s in r["steps"])
+    # One warm-up, at the first step's rate, before the first step only.
+    assert [s["warmup_s"] for s in r["steps"]] == [1, 0]
+    assert [s["sent"] for s in r["steps"]] == [100, 100]
+    assert [s["ack_ms"]["count"] for s in r["steps"]] == [50, 100]
+    assert r["warmup"]["sent"] == r["warmup"]["ack_ms"]["count"] == 50
 
 
 def test_refuses_non_loopback_targets() -> None:
