@@ -6,8 +6,9 @@ warm-up then the measured duration, then a bounded drain until every
 acknowledged message reached every receiver, then ``check``: the checker's
 verdict) -> ``finish`` -> ``target.close()``.  Everything is under one hard
 deadline.  Per-second points (rates, latency percentiles, connections, server
-RSS/CPU, client CPU) form the time series; its points during a warm-up are
-labelled ``warmup`` and their latencies are those of the warm-up messages.
+RSS/CPU, client CPU) form the time series; a point whose second lies mostly in
+a warm-up is labelled ``warmup``, and every point shows the latencies of all the
+messages acknowledged or delivered in its second, warm-up or not.
 
 A warm-up's messages count everywhere correctness is judged (the phase's
 verdict); their latencies are kept apart (``warm_ack``/``warm_deliver``), out of
@@ -206,8 +207,8 @@ class Coordinator:
         self.opened = 0
         """Connections open once every worker was ready."""
         self.label = "starting"
-        self._measure_at_ns = 0
-        """While ``time.monotonic_ns()`` is below it, the running phase warms up."""
+        self._warm_ns = (0, 0)
+        """[start, end) of the latest warm-up, ``time.monotonic_ns()``."""
         self.last_point: dict[str, Any] = {}
         self._verdict = Verdict()
         self._event = asyncio.Event()
@@ -322,7 +323,7 @@ class Coordinator:
         before = self.errors()
         warm0 = {k: self.total(k) for k in ("warm_sent", "warm_acked", "warm_delivered")}
         t0 = time.monotonic_ns() + 100_000_000
-        self._measure_at_ns = t0 + int(phase.warmup_s * 1e9)
+        self._warm_ns = (t0, t0 + int(phase.warmup_s * 1e9))
         self.label = f"run {phase.rate:g}/s"
         for w in self.workers:
             share = sum(1 for u in w.spec.users if u.conv is not None) / senders
@@ -391,7 +392,8 @@ class Coordinator:
                "delivered": self.total("delivered"), "t": now, "client_cpu": self.client_cpu(),
                "server_cpu": srv.cpu_s if srv else 0.0}
         dt = now - prev.get("t", 0.0) or 1.0
-        label = "warmup" if time.monotonic_ns() < self._measure_at_ns else self.label
+        mid_ns = int((self.t_start + (prev.get("t", now) + now) / 2) * 1e9)
+        label = "warmup" if self._warm_ns[0] <= mid_ns < self._warm_ns[1] else self.label
         point: dict[str, Any] = {
             "t": round(now, 3), "phase": label, "connections": self.total("conns_open"),
             "connect_failed": self.total("conns_failed"),
