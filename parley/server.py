@@ -39,6 +39,7 @@ from parley.clock import Clock, SystemClock
 from parley.cluster.jobs import JobMetrics, JobScheduler, maintenance_jobs
 from parley.cluster.node import ClusterNode
 from parley.cluster.router import ClusterRouter
+from parley.cluster.slots import SLOTS
 from parley.config import Settings
 from parley.errors import ConfigError, StartupError
 from parley.gateway import GatewayConfig, GatewayServer
@@ -330,6 +331,7 @@ class Node:
             tickets=TicketService(self.tokens, self.sessions.store, self.clock,
                                   ttl_s=s.ticket_ttl_s),
             route=self._route,
+            slot_map=self._slot_map,
         )
         app = create_app(ApiContext(
             version=__version__, metrics=self.metrics, readiness=self.readiness,
@@ -400,6 +402,15 @@ class Node:
         s = self.settings
         return {"node": s.effective_node_id, "ws_url": s.public_ws(self.ws_port),
                 "http_url": s.public_http(self.http_port)}
+
+    def _slot_map(self) -> dict[str, Any]:
+        """The slot map for ``GET /api/v1/route/map``; a single node owns every slot."""
+        if self.cluster is not None:
+            return self.cluster.slot_map()
+        here = self._route(0)
+        return {"epoch": 0, "ranges": [(0, SLOTS - 1, here["node"])], "nodes": [
+            {"id": here["node"], "state": "active", "ws_url": here["ws_url"],
+             "http_url": here["http_url"]}]}
 
     def cluster_status(self) -> dict[str, Any]:
         """The cluster as this node sees it, with this node's own session count."""

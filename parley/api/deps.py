@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -57,6 +57,8 @@ class ApiServices:
     tickets: TicketService
     route: Callable[[int], dict[str, str]]
     """Where a user's WebSocket is served: ``{node, ws_url, http_url}``."""
+    slot_map: Callable[[], dict[str, Any]]
+    """The slot map: ``{epoch, nodes, ranges}`` (``GET /api/v1/route/map``)."""
 
 
 def get_services(request: Request) -> ApiServices:

@@ -10,14 +10,11 @@ once.  On a single node the answer is that node.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from parley.api.deps import ApiServices, CurrentCaller, Services
+from parley.api.deps import CurrentCaller, Services
 from parley.api.routes._common import ERRORS, STRICT_QUERY
-from parley.cluster.slots import SLOTS
 
 __all__ = ["router"]
 
@@ -64,19 +61,4 @@ async def get_route(caller: CurrentCaller, services: Services) -> Route:
 
 @router.get("/map", summary="The slot map: which node serves each hash slot (public).")
 async def get_slot_map(services: Services) -> SlotMap:
-    cluster = _cluster(services)
-    if cluster is not None:
-        return SlotMap.model_validate(cluster.slot_map())
-    here = services.route(0)  # a single node serves every user
-    return SlotMap(epoch=0, nodes=[MapNode(id=here["node"], state="active",
-                                           ws_url=here["ws_url"], http_url=here["http_url"])],
-                   ranges=[(0, SLOTS - 1, here["node"])])
-
-
-def _cluster(services: ApiServices) -> Any:
-    """The node's ``ClusterNode`` (None when not clustered), reached through the
-    node that answers ``services.route``.  ``ApiServices`` has no slot-map hook of
-    its own; once it has one, use it here instead."""
-    node = getattr(services.route, "__self__", None)
-    cluster = getattr(node, "cluster", None)
-    return cluster if callable(getattr(cluster, "slot_map", None)) else None
+    return SlotMap.model_validate(services.slot_map())
