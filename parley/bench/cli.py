@@ -50,6 +50,7 @@ class Common:
     drain_s: float
     keepalive_s: float
     deadline_s: float | None
+    connect_rate: float
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -102,6 +103,9 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Longest wait for in-flight messages after sending."),
         click.option("--keepalive", "keepalive_s", type=click.FloatRange(1, 3600), default=20.0,
                      show_default=True, help="Ping an idle connection after this many seconds."),
+        click.option("--connect-rate", type=click.FloatRange(0, 1_000_000), default=0.0,
+                     help="Open at most this many connections per second, all workers "
+                     "together [default: 0, as fast as the server answers]."),
         click.option("--deadline", "deadline_s", type=click.FloatRange(5, 86400),
                      help="Hard limit for the whole run [default: computed from the sizes]."),
     ]
@@ -262,11 +266,13 @@ def _execute(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
              phases: list[Phase], bound: tuple[str, float] | None) -> None:
     import uvloop
 
-    deadline = c.deadline_s or (120 + shape.topology.users / 100
+    ramp = shape.topology.users / c.connect_rate if c.connect_rate else 0.0
+    deadline = c.deadline_s or (120 + shape.topology.users / 100 + ramp
                                 + sum(p.warmup_s + p.duration_s + c.drain_s + 5
                                       for p in phases))
     params = {**params, "backend": c.backend if c.start else None, "urls": list(c.urls),
-              "run_id": c.run_id, "workers": c.workers or None, "drain_s": c.drain_s}
+              "run_id": c.run_id, "workers": c.workers or None, "drain_s": c.drain_s,
+              "connect_rate": c.connect_rate or None}
     try:
         result = uvloop.run(_go(c, scenario, params, shape, phases, bound, deadline))
     except TimeoutError:
@@ -316,7 +322,7 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
                 live = LiveProgress(scenario)
                 progress = live.update
             cfg = RunConfig(shape=shape, workers=c.workers, keepalive_s=c.keepalive_s,
-                            drain_s=c.drain_s, deadline_s=deadline)
+                            drain_s=c.drain_s, deadline_s=deadline, connect_rate=c.connect_rate)
             coord = Coordinator(target, cfg, progress)
             ticker = asyncio.create_task(coord.ticker())
             try:

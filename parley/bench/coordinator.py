@@ -56,6 +56,8 @@ class RunConfig:
     max_sockets: int = 15_000
     keepalive_s: float | None = 20.0
     connect_concurrency: int = 200
+    connect_rate: float = 0.0
+    """Connections opened per second, all workers together (0: no pacing)."""
     drain_s: float = 10.0
     deadline_s: float = 600.0
     source_hosts: int = 0
@@ -247,6 +249,7 @@ class Coordinator:
                 index=k, connector=self.target.connector(), users=chunk,
                 local_host=f"127.0.0.{2 + k % min(hosts, 250)}", keepalive_s=cfg.keepalive_s,
                 connect_concurrency=cfg.connect_concurrency, deadline_s=cfg.deadline_s + 30,
+                connect_rate=cfg.connect_rate / n,
             )
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(spec, child), daemon=True,

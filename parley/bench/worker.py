@@ -75,6 +75,8 @@ class WorkerSpec:
     connect_concurrency: int
     deadline_s: float
     interval_s: float = 1.0
+    connect_rate: float = 0.0
+    """This worker's connections per second (0: as fast as ``connect_concurrency`` allows)."""
 
 
 @dataclass(slots=True)
@@ -238,7 +240,12 @@ class _Worker:
         local = self.spec.local_host
         keepalive = self.spec.keepalive_s
 
-        async def one(u: _User, spec: UserSpec) -> None:
+        rate = self.spec.connect_rate
+        start = time.monotonic()
+
+        async def one(i: int, u: _User, spec: UserSpec) -> None:
+            if rate > 0:  # paced: the i-th connection starts no earlier than i / rate
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
             async with sem:
                 self.connect_attempts += 1
                 t0 = time.monotonic_ns()
@@ -255,8 +262,8 @@ class _Worker:
                 self.conns_open += 1
                 self.redirects += getattr(conn, "redirects", 0)
 
-        await asyncio.gather(*(one(u, s) for u, s in zip(self.users, self.spec.users,
-                                                          strict=True)))
+        await asyncio.gather(*(one(i, u, s) for i, (u, s) in enumerate(
+            zip(self.users, self.spec.users, strict=True))))
 
     async def run(self, t0_ns: int, duration_s: float, rate: float,
                   warmup_s: float = 0.0) -> None:

@@ -111,6 +111,20 @@ def test_connect_with_start(backend: str, tmp_path: Path) -> None:
     _plots(tmp_path / "plots")
 
 
+def test_connect_rate_paces_the_ramp(node: tuple[list[str], dict[str, str]],
+                                     tmp_path: Path) -> None:
+    """--connect-rate 20 over 2 workers (10/s each, 15 connections each): a
+    worker's 15th connection cannot start before 1.4 s, so the ramp's rate is at
+    most 30 / 1.4 per second (a lower bound on time, which load only makes
+    slower); unpaced, 30 local connections open in a fraction of a second."""
+    proc = bench("connect", *node[0], *_out(tmp_path), "--connections", "30", "--hold", "0.5",
+                 "--workers", "2", "--connect-rate", "20", env=node[1])
+    r = _check(tmp_path, proc, "connect", node[1])
+    assert r["params"]["connect_rate"] == 20
+    assert r["connections"]["open"] == 30 and r["connections"]["failed"] == 0
+    assert 0 < r["connections"]["rate_per_s"] <= 30 / 1.4
+
+
 def test_chat(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     proc = bench("chat", *node[0], *_out(tmp_path), "--users", "20", "--rate", "200",
                  "--duration", "1.5", "--workers", "2", "--plot", str(tmp_path / "plots"),
