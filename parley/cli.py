@@ -8,13 +8,14 @@ non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import secrets
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -85,7 +86,34 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group some of whose commands are imported only when run or listed.
+
+    ``bench``, ``cluster`` and ``chaos`` import the SDK, load scenarios and
+    HTTP tooling that a serving node never uses; loaded lazily, they cost a
+    node nothing.
+    """
+
+    _lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        # command name: (module, attribute: a command, or a function returning one)
+        "bench": ("parley.bench.cli", "bench"),
+        "cluster": ("parley.cluster.cli", "cluster"),
+        "chaos": ("parley.cluster.chaos", "chaos_command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy and cmd_name not in self.commands:
+            module, attr = self._lazy[cmd_name]
+            found = getattr(importlib.import_module(module), attr)
+            command = found if isinstance(found, click.Command) else found()
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="parley")
 def main() -> None:
     """Parley: a self-hosted instant-messaging server."""
@@ -413,6 +441,3 @@ def conv_group(config_file: Path | None, data_dir: Path | None, database_url: st
         return int(c.id)
 
     click.echo(_with_accounts(settings, tenant, create))
-main.add_command(__import__("parley.bench.cli", fromlist=["bench"]).bench)
-main.add_command(__import__("parley.cluster.cli", fromlist=["cluster"]).cluster)
-main.add_command(__import__("parley.cluster.chaos", fromlist=["chaos_command"]).chaos_command())
