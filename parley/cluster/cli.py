@@ -39,16 +39,24 @@ def cluster() -> None:
               help="TOML config file (for the secret and the node's address).")
 @click.option("--url", help="HTTP URL of any node [default: http://HOST:PORT from settings].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(config_file: Path | None, url: str | None, as_json: bool) -> None:
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Data directory of a local cluster (`parley serve --nodes`), whose "
+              "generated secret is used when none is configured.")
+def status(config_file: Path | None, url: str | None, as_json: bool,
+           data_dir: Path | None) -> None:
     """Nodes, states, voters, leader, slots and sessions per node."""
     from parley.cli import EXIT_CONFIG, _fail, _load
 
-    settings = _load(config_file)
-    if settings.cluster_secret is None:
-        _fail("config: cluster_secret is not set (PARLEY_CLUSTER_SECRET or the config file)",
-              EXIT_CONFIG)
+    settings = _load(config_file, **({"data_dir": data_dir} if data_dir else {}))
+    generated = settings.data_dir / "cluster-secret"
+    if settings.cluster_secret is not None:
+        secret = settings.cluster_secret.get_secret_value()
+    elif generated.is_file():  # the secret `parley serve --nodes N` generated there
+        secret = generated.read_text().strip()
+    else:
+        _fail("config: cluster_secret is not set (PARLEY_CLUSTER_SECRET or the config file), "
+              f"and {generated} does not exist", EXIT_CONFIG)
         return
-    secret = settings.cluster_secret.get_secret_value()
     base = url or settings.public_http(settings.port)
     try:
         view = _fetch(base, secret)

@@ -265,7 +265,8 @@ async def test_bench_connects_each_user_to_its_node(cluster: LocalCluster,
     assert conns["placement"] == "spread" and conns["redirected"] > 0, conns
 
 
-async def test_status_needs_the_secret_and_metrics_agree(cluster: LocalCluster) -> None:
+async def test_status_needs_the_secret_and_metrics_agree(cluster: LocalCluster,
+                                                          tmp_path: Path) -> None:
     async with httpx.AsyncClient() as http:
         r = await http.get(f"{cluster.http(0)}/cluster/status")
         assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
@@ -275,6 +276,15 @@ async def test_status_needs_the_secret_and_metrics_agree(cluster: LocalCluster) 
     out = run_cli("cluster", "status", "--url", cluster.http(0),
                   env={"PARLEY_CLUSTER_SECRET": cluster.secret})
     assert out.returncode == 0 and "node-1" in out.stdout, out.stderr
+    # A local cluster's operator needs no secret of their own: the generated one
+    # in the data directory is used; without either, a clear error.
+    out = run_cli("cluster", "status", "--url", cluster.http(0), "--data-dir",
+                  str(tmp_path / "d"))
+    assert out.returncode == 0 and "node-1" in out.stdout, out.stderr
+    out = run_cli("cluster", "status", "--url", cluster.http(0), "--data-dir",
+                  str(tmp_path / "empty"))
+    assert out.returncode != 0 and "cluster_secret is not set" in out.stderr
+    assert "Traceback" not in out.stderr
 
     # The same numbers in every node's /metrics.
     leaders = 0
