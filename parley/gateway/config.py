@@ -26,9 +26,12 @@ class GatewayConfig:
     max_outbound_bytes: int = 1024 * 1024
     """Per-connection bound on queued + transport-buffered bytes; beyond -> close 4008."""
     ping_interval_s: float = 30.0
-    """Ping a connection that sent nothing for this long (picows auto-ping)."""
+    """Ping a connection that sent nothing for this long (the gateway's heartbeat,
+    which checks every ``ping_timeout_s / 4``: the ping goes out up to
+    ``ping_timeout_s / 2`` later)."""
     ping_timeout_s: float = 10.0
-    """Close (1001) a pinged connection that sends nothing back within this time."""
+    """Close (1001) a pinged connection whose pong has not come within this time
+    (up to a quarter more)."""
     read_buffer_bytes: int = _PICOWS_MIN_READ_BUFFER
     """picows' initial read buffer per connection.  picows raises anything smaller
     to 2048 and doubles the buffer (for good) when a large message arrives."""
@@ -51,7 +54,7 @@ class GatewayConfig:
         if self.ping_interval_s <= 0 or self.ping_timeout_s <= 0:
             raise ConfigError("gateway ping_interval_s and ping_timeout_s must be > 0")
         if self.ping_timeout_s > self.ping_interval_s:
-            # picows asserts reply timeout <= idle timeout.
+            # A ping must be answerable before the next one is due.
             raise ConfigError("gateway ping_timeout_s must not exceed ping_interval_s")
         if self.read_buffer_bytes < 1:
             raise ConfigError("gateway read_buffer_bytes must be positive")
