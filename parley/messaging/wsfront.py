@@ -83,7 +83,14 @@ class FrontConfig:
 
 
 class DeviceSession:
-    """One connected device: limits, inflight pushes, running requests."""
+    """One connected device: limits, inflight pushes, running requests.
+
+    What only some devices need is built when first needed: the inflight tracker
+    at the first push, the send bucket and order at the first send, the typing
+    times at the first typing frame.  Most connections sit idle, and these were
+    ~400 bytes of each (a fresh tracker, bucket or order is the same as one
+    built at connect: empty, full, without a previous send).
+    """
 
     __slots__ = (
         "actor", "conn", "front", "inflight", "requests", "send_bucket", "send_order", "typing_at",
@@ -94,15 +101,30 @@ class DeviceSession:
         self.front = front
         self.conn = conn
         self.actor = Actor(p.tenant_id, p.user_id, p.device_id)
-        cfg = front.config
-        self.inflight = InflightTracker(
-            repush_timeout_ms=cfg.repush_timeout_ms, max_attempts=cfg.repush_max_attempts,
-            max_pending=cfg.max_unacked_pushes,
-        )
-        self.send_bucket = TokenBucket(cfg.send_rate_per_s, cfg.send_burst)
-        self.typing_at: dict[int, int] = {}
-        self.send_order = SendOrder()
+        self.inflight: InflightTracker | None = None
+        self.send_bucket: TokenBucket | None = None
+        self.typing_at: dict[int, int] | None = None
+        self.send_order: SendOrder | None = None
         self.requests = 0
+
+    def tracker(self) -> InflightTracker:
+        """The inflight tracker, built at the first push (then kept: pushes and acks
+        alternate, and a tracker per message would be an allocation per message)."""
+        inflight = self.inflight
+        if inflight is None:
+            cfg = self.front.config
+            inflight = self.inflight = InflightTracker(
+                repush_timeout_ms=cfg.repush_timeout_ms, max_attempts=cfg.repush_max_attempts,
+                max_pending=cfg.max_unacked_pushes,
+            )
+        return inflight
+
+    def order(self) -> SendOrder:
+        """This device's send order, built at its first send."""
+        order = self.send_order
+        if order is None:
+            order = self.send_order = SendOrder()
+        return order
 
     # -- DeviceSink ----------------------------------------------------------------
     @property
@@ -122,7 +144,7 @@ class DeviceSession:
         return self.conn.principal.session_id
 
     def push_message(self, conv: int, seq: int, frame: bytes) -> None:
-        if not self.inflight.pushed(conv, seq, self.front.mono_ms()):
+        if not self.tracker().pushed(conv, seq, self.front.mono_ms()):
             self.front.metrics.ws_closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
             self.conn.close(CloseCode.SLOW_CONSUMER, "too many unacknowledged messages")
             return
@@ -239,7 +261,8 @@ class WebSocketFront:
         if session is None:
             return
         self.pending.discard(session)
-        session.inflight.clear()
+        if session.inflight is not None:
+            session.inflight.clear()
         if self.hub.detach(session):
             a = session.actor
             before, after = self.hub.presence.remove(a.tenant_id, a.user_id, a.device_id)
@@ -270,11 +293,14 @@ class WebSocketFront:
             self._spawn(session, frame.rid, self._send(session, frame))
         elif isinstance(frame, Typing):
             now = self.clock.now_ms()
-            last = session.typing_at.get(frame.conv, 0)
+            typing_at = session.typing_at
+            if typing_at is None:
+                typing_at = session.typing_at = {}
+            last = typing_at.get(frame.conv, 0)
             if now - last >= self.config.typing_min_interval_ms:
-                session.typing_at[frame.conv] = now
-                if len(session.typing_at) > 1024:
-                    session.typing_at.clear()
+                typing_at[frame.conv] = now
+                if len(typing_at) > 1024:
+                    typing_at.clear()
                 self._spawn(session, None, self.service.typing(session.actor, frame.conv))
         elif isinstance(frame, Ping):
             conn.send(encode(Pong(rid=frame.rid)))
@@ -298,7 +324,11 @@ class WebSocketFront:
     # -- helpers -------------------------------------------------------------------
     def _allow_send(self, session: DeviceSession) -> bool:
         now = self.mono_ms()
-        if not session.send_bucket.allow(now):
+        bucket = session.send_bucket
+        if bucket is None:
+            cfg = self.config
+            bucket = session.send_bucket = TokenBucket(cfg.send_rate_per_s, cfg.send_burst)
+        if not bucket.allow(now):
             return False
         key = (session.tenant_id, session.user_id)
         bucket = self._user_buckets.get(key)
@@ -368,9 +398,11 @@ class WebSocketFront:
 
     # -- requests ------------------------------------------------------------------
     def _on_ack(self, session: DeviceSession, frame: Ack) -> None:
-        session.inflight.acked(frame.conv, frame.seq, self.mono_ms())
-        if not len(session.inflight):
-            self.pending.discard(session)
+        inflight = session.inflight
+        if inflight is not None:  # (without one nothing was pushed: nothing to release)
+            inflight.acked(frame.conv, frame.seq, self.mono_ms())
+            if not len(inflight):
+                self.pending.discard(session)
         members = self.service.members.peek(session.tenant_id, frame.conv)
         if members is None or session.user_id in members:
             self.service.delivered(session.actor, frame.conv, frame.seq, members)
@@ -378,7 +410,7 @@ class WebSocketFront:
     async def _send(self, session: DeviceSession, f: Send) -> None:
         started = self.clock.monotonic()
         r = await self.service.send(session.actor, f.conv, f.mid, f.kind, f.body,
-                                    turn=session.send_order.turn())
+                                    turn=session.order().turn())
         session.conn.send(encode(Sent(
             rid=f.rid, conv=r.conv, mid=r.mid, seq=r.seq, ts=r.ts, dup=r.dup
         )))
@@ -450,7 +482,8 @@ class WebSocketFront:
             if session.conn.closed:
                 self.pending.discard(session)
                 continue
-            due = session.inflight.due(now)
+            inflight = session.tracker()  # a pending session has pushed: it has one
+            due = inflight.due(now)
             if due.dropped:
                 # Unresponsive for a conversation: force a reconnect, which syncs.
                 self.pending.discard(session)
@@ -465,7 +498,7 @@ class WebSocketFront:
                 if frames and session.conn.send_many(frames):
                     sent += len(frames)
                     self.metrics.redeliveries.inc(len(frames))
-            if not len(session.inflight):
+            if not len(inflight):
                 self.pending.discard(session)
         return sent
 
