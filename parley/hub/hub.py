@@ -27,7 +27,12 @@ class LocalHub:
 
     def __init__(self, *, max_devices_per_user: int = 10) -> None:
         self.max_devices_per_user = max_devices_per_user
-        self._users: dict[tuple[int, int], dict[str, DeviceSink]] = {}
+        # tenant -> user -> the user's sessions here, one per device, in attach order.
+        # A tuple, not a dict by device under a (tenant, user) key: a user has a few
+        # devices, mostly one, and a one-session tuple costs 48 bytes where the dict
+        # and its key cost ~240 per connected user (no key object is made here: the
+        # user id is the session's own int).
+        self._users: dict[int, dict[int, tuple[DeviceSink, ...]]] = {}
         self.presence = PresenceBook()
         self._count = 0
 
@@ -35,35 +40,44 @@ class LocalHub:
     def attach(self, sink: DeviceSink) -> DeviceSink | None:
         """Register a device session.  Returns the session it replaced (the caller
         closes it), or raises TooManyDevices."""
-        key = (sink.tenant_id, sink.user_id)
-        devices = self._users.setdefault(key, {})
-        old = devices.get(sink.device_id)
-        if old is None and len(devices) >= self.max_devices_per_user:
-            if not devices:
-                del self._users[key]
+        users = self._users.get(sink.tenant_id)
+        devices = () if users is None else users.get(sink.user_id, ())
+        device_id = sink.device_id
+        for i, old in enumerate(devices):
+            if old.device_id == device_id:
+                assert users is not None
+                users[sink.user_id] = (*devices[:i], sink, *devices[i + 1:])
+                return old
+        if len(devices) >= self.max_devices_per_user:
             raise TooManyDevices(
                 f"at most {self.max_devices_per_user} devices may be connected at once"
             )
-        devices[sink.device_id] = sink
-        if old is None:
-            self._count += 1
-        return old
+        if users is None:
+            users = self._users[sink.tenant_id] = {}
+        users[sink.user_id] = (*devices, sink)
+        self._count += 1
+        return None
 
     def detach(self, sink: DeviceSink) -> bool:
         """Unregister a session if it is still the current one for its device."""
-        key = (sink.tenant_id, sink.user_id)
-        devices = self._users.get(key)
-        if devices is None or devices.get(sink.device_id) is not sink:
+        users = self._users.get(sink.tenant_id)
+        devices = None if users is None else users.get(sink.user_id)
+        if not devices or not any(d is sink for d in devices):
             return False
-        del devices[sink.device_id]
+        assert users is not None
+        rest = tuple(d for d in devices if d is not sink)
         self._count -= 1
-        if not devices:
-            del self._users[key]
+        if rest:
+            users[sink.user_id] = rest
+        else:
+            del users[sink.user_id]
+            if not users:
+                del self._users[sink.tenant_id]
         return True
 
     def devices(self, tenant_id: int, user_id: int) -> Iterable[DeviceSink]:
-        devices = self._users.get((tenant_id, user_id))
-        return devices.values() if devices else ()
+        users = self._users.get(tenant_id)
+        return () if users is None else users.get(user_id, ())
 
     def close_sessions(
         self, tenant_id: int, user_id: int, code: int, reason: str,
@@ -72,7 +86,7 @@ class LocalHub:
         """Close the user's connections (of one login, or one device, or all);
         returns how many were closed.  Used by logout and device revocation."""
         n = 0
-        for sink in list(self.devices(tenant_id, user_id)):
+        for sink in self.devices(tenant_id, user_id):  # a tuple: closing cannot change it
             if (session_id is None or sink.session_id == session_id) and (
                 device_id is None or sink.device_id == device_id
             ):
@@ -81,11 +95,13 @@ class LocalHub:
         return n
 
     def is_online(self, tenant_id: int, user_id: int) -> bool:
-        return (tenant_id, user_id) in self._users
+        users = self._users.get(tenant_id)
+        return users is not None and user_id in users
 
     def sessions(self) -> Iterator[DeviceSink]:
-        for devices in list(self._users.values()):
-            yield from list(devices.values())
+        for users in list(self._users.values()):
+            for devices in list(users.values()):
+                yield from devices
 
     @property
     def session_count(self) -> int:
@@ -93,18 +109,20 @@ class LocalHub:
 
     @property
     def user_count(self) -> int:
-        return len(self._users)
+        return sum(len(users) for users in self._users.values())
 
     # -- Router -------------------------------------------------------------------
     def deliver_message(
         self, tenant_id: int, user_ids: Iterable[int], conv: int, seq: int, frame: bytes
     ) -> int:
         n = 0
-        users = self._users
+        users = self._users.get(tenant_id)
+        if users is None:
+            return 0
         for uid in user_ids:
-            devices = users.get((tenant_id, uid))
+            devices = users.get(uid)
             if devices:
-                for sink in devices.values():
+                for sink in devices:
                     sink.push_message(conv, seq, frame)
                     n += 1
         return n
@@ -114,11 +132,13 @@ class LocalHub:
         skip: DeviceSink | None = None,
     ) -> int:
         n = 0
-        users = self._users
+        users = self._users.get(tenant_id)
+        if users is None:
+            return 0
         for uid in user_ids:
-            devices = users.get((tenant_id, uid))
+            devices = users.get(uid)
             if devices:
-                for sink in devices.values():
+                for sink in devices:
                     if sink is not skip:
                         sink.push_event(frame)
                         n += 1
