@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 
 from parley.bench.targets import Connector, ParleyConnector, Provisioned, TargetOptions, Topology
-from parley.cluster.slots import SLOTS, slot_of_user
+from parley.cluster.slots import SlotMap
 from parley.config import Settings, load_settings
 from parley.errors import ConfigError, StartupError
 from parley.store import AccountStore, Database, SchemaState, schema_status
@@ -310,19 +310,15 @@ def place_users(urls: Sequence[str], user_ids: Sequence[int],
             url = by_key.get(_url_key(str(n["ws_url"])))
             if url is not None and n["state"] in _SERVING_STATES:
                 node_url[str(n["id"])] = url
-        table: list[str | None] = [None] * SLOTS
-        for first, last, node in slot_map["ranges"]:
-            if not 0 <= int(first) <= int(last) < SLOTS:
-                raise ValueError(f"slot range {first}..{last} out of bounds")
-            url = node_url.get(str(node))
-            if url is not None:
-                table[int(first):int(last) + 1] = [url] * (int(last) - int(first) + 1)
+        slots = SlotMap.from_ranges(0, [(int(first), int(last), str(node))
+                                        for first, last, node in slot_map["ranges"]])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed slot map: {exc!r}") from None
     out: list[str] = []
     placed = 0
     for i, uid in enumerate(user_ids):
-        owner = table[slot_of_user(uid)]
+        node = slots.owner_of_user(uid)
+        owner = None if node is None else node_url.get(node)
         placed += owner is not None
         out.append(owner if owner is not None else urls[i % len(urls)])
     return tuple(out), placed

@@ -128,14 +128,7 @@ class ClusterNode:
         view = self._view
         if view is None:
             return {"epoch": 0, "nodes": [], "ranges": []}
-        slots = view.replica.slots
-        table, start, ranges = slots.table, 0, []
-        for slot in range(1, len(table) + 1):
-            if slot == len(table) or table[slot] != table[start]:
-                owner = slots.owner(start)
-                if owner is not None:
-                    ranges.append((start, slot - 1, owner))
-                start = slot
+        ranges = view.replica.slots.ranges()
         nodes = [{"id": n.id, "state": n.state, "ws_url": n.ws_url, "http_url": n.http_url}
                  for n in view.nodes.values()]
         return {"epoch": view.epoch, "nodes": nodes, "ranges": ranges}

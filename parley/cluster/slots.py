@@ -113,6 +113,32 @@ class SlotMap:
             return []
         return [slot for slot, owner in enumerate(self.table) if owner == index]
 
+    def ranges(self) -> list[tuple[int, int, str]]:
+        """The assigned slots as runs ``(first, last, owner)`` in slot order, inclusive
+        (what ``GET /api/v1/route/map`` publishes; unassigned slots are left out)."""
+        table, start, out = self.table, 0, []
+        for slot in range(1, SLOTS + 1):
+            if slot == SLOTS or table[slot] != table[start]:
+                if table[start] != UNASSIGNED:
+                    out.append((start, slot - 1, self.owners[table[start]]))
+                start = slot
+        return out
+
+    @classmethod
+    def from_ranges(cls, epoch: int, ranges: Iterable[tuple[int, int, str]]) -> SlotMap:
+        """The map ``ranges`` describes (the inverse of ``ranges``); slots in no run
+        are unassigned.  Raises ValueError for a run out of bounds or too many owners."""
+        owners: dict[str, int] = {}
+        table = bytearray([UNASSIGNED]) * SLOTS
+        for first, last, node in ranges:
+            if not 0 <= first <= last < SLOTS:
+                raise ValueError(f"slot range {first}..{last} out of bounds")
+            index = owners.setdefault(node, len(owners))
+            if index >= MAX_OWNERS:
+                raise ValueError(f"a slot map names at most {MAX_OWNERS} nodes")
+            table[first:last + 1] = bytes([index]) * (last - first + 1)
+        return cls(epoch, tuple(owners), bytes(table))
+
     def moved(self, other: SlotMap) -> list[int]:
         """Slots whose owner differs between this map and ``other``, ascending."""
         return [slot for slot in range(SLOTS) if self.owner(slot) != other.owner(slot)]

@@ -141,3 +141,19 @@ def test_rebalance_is_balanced_minimal_and_deterministic(
     assert rebalance(current, list(reversed(active))) == new
     assert new.epoch == (current.epoch if not moved else current.epoch + 1)
     assert rebalance(new, active) is new  # stable once balanced
+
+
+def test_ranges_round_trip_and_bounds() -> None:
+    """The runs ``/api/v1/route/map`` publishes rebuild the same map; a run
+    outside 0..16383 is refused."""
+    m = rebalance(rebalance(SlotMap.empty(), ["a", "b", "c"]), ["a", "c", "d"])
+    runs = m.ranges()
+    assert sum(last - first + 1 for first, last, _ in runs) == SLOTS
+    assert all(runs[i][1] + 1 == runs[i + 1][0] for i in range(len(runs) - 1))
+    back = SlotMap.from_ranges(m.epoch, runs)
+    assert back.same_assignment(m) and back.epoch == m.epoch
+    assert SlotMap.empty().ranges() == []
+    half = SlotMap.from_ranges(1, [(0, 99, "a")])
+    assert half.owner(99) == "a" and half.owner(100) is None and half.unassigned() == SLOTS - 100
+    with pytest.raises(ValueError, match="out of bounds"):
+        SlotMap.from_ranges(1, [(0, SLOTS, "a")])
