@@ -2,10 +2,13 @@
 
 ``SendPolicy.check`` runs on every send (WebSocket and HTTP) after the
 membership check.  Its answers are cached per (tenant, sender, peer) for direct
-conversations and per (tenant, conversation) for groups for ``ttl_s`` at most;
-the HTTP routes that change blocks, contacts or group rules call the
-``invalidate_*`` methods, so a change on this node applies at once and a change
-made on another node within ``ttl_s``.
+conversations and per (tenant, conversation) for groups for ``ttl_s`` at most
+(reloaded in the background before they expire, see ``TtlCache``); the HTTP
+routes that change blocks, contacts or group rules call the ``invalidate_*``
+methods, so a change on this node applies at once, and in a cluster the
+listener tells the other nodes, which drop theirs at once too.  ``ttl_s`` only
+bounds how long a change that reached no node's ``invalidate_*`` (a node cut
+off when it was made) can go unseen, as for memberships.
 
 The stranger policy is per tenant: the tenant's own setting when it has one
 (cached per tenant the same way; ``invalidate_tenant`` after a change), else the
@@ -34,7 +37,7 @@ class TenantSource(Protocol):
 class SendPolicy:
     def __init__(
         self, social: SocialStore, clock: Clock, *, stranger_messages: bool = True,
-        tenants: TenantSource | None = None, ttl_s: float = 10.0, max_entries: int = 100_000,
+        tenants: TenantSource | None = None, ttl_s: float = 60.0, max_entries: int = 100_000,
     ) -> None:
         self.social = social
         self.stranger_messages = stranger_messages

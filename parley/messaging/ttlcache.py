@@ -5,11 +5,22 @@ database reads (memberships, send rules).  Oldest entries go first when full.
 flight"): a burst of sends for a key nobody has cached yet costs one database
 read, not one per send -- without it a cold cache under load turns into a
 queue of identical reads that starves the connection pool.
+
+Refresh ahead: an entry read during the last ``refresh_fraction`` of its life
+is returned at once and reloaded in the background, so a key in steady use
+never expires under its callers' feet -- no send waits for a reload.  Each
+entry's life is the TTL shortened by up to ``jitter`` at random: entries loaded
+together (every conversation of a node warming up at once) do not all come due
+in the same second.  Measured before both (1,000 users, 4,000 msg/s on
+PostgreSQL): the send rules' reloads were 11% of the node's samples and came
+in bursts every TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -18,56 +29,120 @@ from parley.clock import Clock
 
 __all__ = ["TtlCache"]
 
+log = logging.getLogger(__name__)
+
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class TtlCache(Generic[K, V]):
-    def __init__(self, clock: Clock, ttl_s: float, max_entries: int) -> None:
+    def __init__(
+        self, clock: Clock, ttl_s: float, max_entries: int, *,
+        refresh_fraction: float = 0.25, jitter: float = 0.1,
+    ) -> None:
+        if not (0.0 <= refresh_fraction < 1.0 and 0.0 <= jitter < 1.0):
+            raise ValueError("refresh_fraction and jitter must be in [0, 1)")
         self._clock, self._ttl, self._max = clock, ttl_s, max_entries
-        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._refresh, self._jitter = refresh_fraction, jitter
+        # key -> (expires_at, refresh_at, value), monotonic seconds
+        self._entries: OrderedDict[K, tuple[float, float, V]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V | None]] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, key: K) -> V | None:
         """The value if present and not expired."""
         hit = self._entries.get(key)
         if hit is not None and hit[0] > self._clock.monotonic():
-            return hit[1]
+            return hit[2]
         return None
 
     def put(self, key: K, value: V) -> None:
-        self._entries[key] = (self._clock.monotonic() + self._ttl, value)
+        life = self._ttl * (1.0 - self._jitter * random.random())  # spread, not secret
+        now = self._clock.monotonic()
+        self._entries[key] = (now + life, now + life * (1.0 - self._refresh), value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
     def pop(self, key: K) -> None:
+        """Forget ``key``; a reload already under way is not stored."""
         self._entries.pop(key, None)
+        self._loading.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._loading.clear()
 
     async def load(self, key: K, loader: Callable[[], Awaitable[V | None]]) -> V | None:
         """The cached value, else ``loader()``'s (cached unless None); concurrent
         callers for one key share one load and see its result or its exception."""
-        hit = self.get(key)
+        hit = self._entries.get(key)
         if hit is not None:
-            return hit
+            now = self._clock.monotonic()
+            if hit[0] > now:
+                if hit[1] <= now and key not in self._loading:
+                    self._refresh_later(key, loader)
+                return hit[2]
         pending = self._loading.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
-        self._loading[key] = fut
+        fut = self._begin(key)
         try:
             value = await loader()
         except BaseException as exc:
+            self._end(key, fut, exc=exc)
+            raise
+        self._end(key, fut, value=value)
+        return value
+
+    def _begin(self, key: K) -> asyncio.Future[V | None]:
+        fut: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        return fut
+
+    def _end(
+        self, key: K, fut: asyncio.Future[V | None], *, value: V | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        """Settle a load: wake its waiters, and store the value unless the key was
+        dropped (``pop``/``clear``) while it loaded -- that value may predate the change."""
+        current = self._loading.get(key) is fut
+        if current:
+            del self._loading[key]
+        if exc is not None:
             fut.set_exception(exc)
             fut.exception()  # retrieved: the waiters (if any) re-raise it
-            raise
-        else:
-            fut.set_result(value)
-        finally:
-            self._loading.pop(key, None)
-        if value is not None:
-            self.put(key, value)
-        return value
+            return
+        fut.set_result(value)
+        if current:
+            if value is not None:
+                self.put(key, value)
+            else:
+                self._entries.pop(key, None)
+
+    def _retry_later(self, key: K) -> None:
+        """After a failed refresh: the next one no sooner than a second from now."""
+        hit = self._entries.get(key)
+        if hit is not None:
+            retry_at = min(hit[0], self._clock.monotonic() + 1.0)
+            self._entries[key] = (hit[0], retry_at, hit[2])
+
+    def _refresh_later(self, key: K, loader: Callable[[], Awaitable[V | None]]) -> None:
+        fut = self._begin(key)
+
+        async def refresh() -> None:
+            try:
+                value = await loader()
+            except Exception as exc:  # noqa: BLE001 - the old value serves until it expires
+                log.debug("refreshing a cache entry failed: %r", exc)
+                self._end(key, fut, exc=exc)
+                self._retry_later(key)
+            else:
+                self._end(key, fut, value=value)
+
+        task = asyncio.create_task(refresh())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)

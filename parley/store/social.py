@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, func, or_, select, tuple_, update
+from sqlalchemy import RowMapping, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.errors import Conflict, NotFound
@@ -45,6 +45,20 @@ __all__ = [
     "Profile",
     "SocialStore",
 ]
+
+# What the send path asks for a direct message (cached by ``SendPolicy``): did
+# the peer block the sender, and the sender's contact state.  One statement,
+# built once: two queries built per call cost ~1 ms of the node's CPU per load.
+_DIRECT_RULE = select(
+    select(blocks.c.user_id).where(
+        blocks.c.tenant_id == bindparam("t"), blocks.c.user_id == bindparam("peer"),
+        blocks.c.blocked_id == bindparam("sender"),
+    ).scalar_subquery().label("blocked"),
+    select(contacts.c.state).where(
+        contacts.c.tenant_id == bindparam("t"), contacts.c.user_id == bindparam("sender"),
+        contacts.c.peer_id == bindparam("peer"),
+    ).scalar_subquery().label("state"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,15 +260,10 @@ class SocialStore:
 
     async def direct_rule(self, tenant_id: int, sender_id: int, peer_id: int) -> DirectRule:
         async with self._db.reader.connect() as conn:
-            blocked = await conn.scalar(select(blocks.c.user_id).where(
-                blocks.c.tenant_id == tenant_id, blocks.c.user_id == peer_id,
-                blocks.c.blocked_id == sender_id,
-            ))
-            state = await conn.scalar(select(contacts.c.state).where(
-                contacts.c.tenant_id == tenant_id, contacts.c.user_id == sender_id,
-                contacts.c.peer_id == peer_id,
-            ))
-        return DirectRule(blocked_by_peer=blocked is not None, contacts=state == "accepted")
+            row = (await conn.execute(_DIRECT_RULE, {
+                "t": tenant_id, "sender": sender_id, "peer": peer_id,
+            })).one()
+        return DirectRule(blocked_by_peer=row.blocked is not None, contacts=row.state == "accepted")
 
     # -- contacts ------------------------------------------------------------------
     @staticmethod

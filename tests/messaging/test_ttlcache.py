@@ -1,0 +1,171 @@
+"""TtlCache: single-flight loads, expiry, refresh ahead, invalidation during a load."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from parley.clock import ManualClock
+from parley.messaging.ttlcache import TtlCache
+
+
+class Loader:
+    """Counts calls; each call waits on its own gate when ``gated``."""
+
+    def __init__(self, *, gated: bool = False) -> None:
+        self.calls = 0
+        self.value = "v0"
+        self.fail: Exception | None = None
+        self.gated = gated
+        self.gates: list[asyncio.Event] = []
+
+    async def __call__(self) -> str | None:
+        self.calls += 1
+        if self.gated:
+            gate = asyncio.Event()
+            self.gates.append(gate)
+            await gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return self.value
+
+
+async def _settle() -> None:
+    """Let background refreshes that are ready to run finish (no timing involved)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_hit_then_expiry_reloads() -> None:
+    clock = ManualClock()
+    cache: TtlCache[str, str] = TtlCache(clock, 10.0, 100, refresh_fraction=0.0, jitter=0.0)
+    load = Loader()
+    assert await cache.load("k", load) == "v0"
+    load.value = "v1"
+    clock.advance(9_999)
+    assert await cache.load("k", load) == "v0"
+    assert load.calls == 1
+    clock.advance(1)
+    assert cache.get("k") is None
+    assert await cache.load("k", load) == "v1"
+    assert load.calls == 2
+
+
+async def test_concurrent_misses_share_one_load() -> None:
+    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100)
+    load = Loader(gated=True)
+    waiters = [asyncio.create_task(cache.load("k", load)) for _ in range(50)]
+    await _settle()
+    assert load.calls == 1
+    load.gates[0].set()
+    assert await asyncio.gather(*waiters) == ["v0"] * 50
+
+
+async def test_refresh_ahead_serves_the_old_value_and_reloads_once() -> None:
+    clock = ManualClock()
+    cache: TtlCache[str, str] = TtlCache(clock, 10.0, 100, refresh_fraction=0.25, jitter=0.0)
+    load = Loader(gated=True)
+    first = asyncio.create_task(cache.load("k", load))
+    await _settle()
+    load.gates[0].set()
+    assert await first == "v0"
+
+    clock.advance(7_400)  # before the last quarter: a plain hit
+    assert await cache.load("k", load) == "v0"
+    assert load.calls == 1
+    clock.advance(200)  # 7.6 s: in the last quarter
+    load.value = "v1"
+    results = [await cache.load("k", load) for _ in range(20)]
+    assert results == ["v0"] * 20  # nobody waited
+    await _settle()
+    assert load.calls == 2  # one background reload, not one per call
+    load.gates[1].set()
+    await _settle()
+    assert cache.get("k") == "v1"
+    clock.advance(5_000)  # past the first entry's expiry: the refreshed one lives on
+    assert await cache.load("k", load) == "v1"
+    assert load.calls == 2
+
+
+async def test_failed_refresh_keeps_the_value_and_retries_after_a_second() -> None:
+    clock = ManualClock()
+    cache: TtlCache[str, str] = TtlCache(clock, 10.0, 100, refresh_fraction=0.5, jitter=0.0)
+    load = Loader()
+    assert await cache.load("k", load) == "v0"
+    clock.advance(6_000)
+    load.fail = OSError("database down")
+    assert await cache.load("k", load) == "v0"
+    await _settle()
+    assert load.calls == 2
+    assert await cache.load("k", load) == "v0"  # within the second: no new attempt
+    await _settle()
+    assert load.calls == 2
+    clock.advance(1_000)
+    load.fail = None
+    load.value = "v1"
+    assert await cache.load("k", load) == "v0"
+    await _settle()
+    assert load.calls == 3
+    assert cache.get("k") == "v1"
+
+
+async def test_failed_load_reaches_every_waiter_and_caches_nothing() -> None:
+    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100)
+    load = Loader(gated=True)
+    load.fail = OSError("database down")
+    waiters = [asyncio.create_task(cache.load("k", load)) for _ in range(3)]
+    await _settle()
+    load.gates[0].set()
+    for result in await asyncio.gather(*waiters, return_exceptions=True):
+        assert isinstance(result, OSError)
+    assert cache.get("k") is None
+    load.gated, load.fail = False, None
+    assert await cache.load("k", load) == "v0"
+
+
+async def test_invalidation_during_a_load_is_not_undone_by_it() -> None:
+    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100)
+    load = Loader(gated=True)
+    stale = asyncio.create_task(cache.load("k", load))
+    await _settle()
+    cache.pop("k")  # the data changed while the old value was being read
+    load.gates[0].set()
+    assert await stale == "v0"  # its caller sees what it read...
+    assert cache.get("k") is None  # ...but the cache does not keep it
+    load.gated = False
+    load.value = "v1"
+    assert await cache.load("k", load) == "v1"
+
+
+async def test_none_is_not_cached_and_size_is_bounded() -> None:
+    cache: TtlCache[int, str] = TtlCache(ManualClock(), 10.0, 3)
+
+    async def nothing() -> str | None:
+        return None
+
+    assert await cache.load(0, nothing) is None
+    assert len(cache) == 0
+    for i in range(5):
+        cache.put(i, str(i))
+    assert len(cache) == 3
+    assert cache.get(0) is None and cache.get(4) == "4"
+
+
+def test_jitter_shortens_life_within_bounds() -> None:
+    clock = ManualClock()
+    cache: TtlCache[int, int] = TtlCache(clock, 10.0, 10_000, refresh_fraction=0.0, jitter=0.2)
+    for i in range(1000):
+        cache.put(i, i)
+    clock.advance(7_999)
+    assert all(cache.get(i) == i for i in range(1000))
+    clock.advance(1_000)  # 9 s: some entries (life 8-10 s) have expired, not all
+    alive = sum(cache.get(i) is not None for i in range(1000))
+    assert 0 < alive < 1000
+    clock.advance(1_001)
+    assert all(cache.get(i) is None for i in range(1000))
+
+
+def test_bad_parameters_are_refused() -> None:
+    with pytest.raises(ValueError):
+        TtlCache(ManualClock(), 10.0, 10, refresh_fraction=1.0)
