@@ -34,9 +34,10 @@ def msg(
 
 
 class World:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, generic_plans: bool = False) -> None:
         self.db = db
-        self.store = MessageStore(db)
+        # generic: the plans a big deployment's append uses (see MessageStore)
+        self.store = MessageStore(db, generic_plans_after_bytes=0 if generic_plans else 1 << 62)
         self.convs = ConversationStore(db)
 
     async def setup(self) -> World:
@@ -64,9 +65,14 @@ class World:
             return len((await conn.execute(select(messages.c.id))).all())
 
 
-@pytest.fixture
-async def w(db: Database) -> World:
-    return await World(db).setup()
+@pytest.fixture(params=["custom-plans", "generic-plans"])
+async def w(db: Database, request: pytest.FixtureRequest) -> World:
+    generic = request.param == "generic-plans"
+    if generic and db.backend != "postgresql":
+        pytest.skip("plan modes are PostgreSQL's")
+    world = await World(db, generic_plans=generic).setup()
+    assert world.store.plans == "custom"  # decided at the first append
+    return world
 
 
 async def test_seqs_are_gapless_per_conversation_in_batch_order(w: World) -> None:
@@ -364,3 +370,22 @@ async def test_sending_moves_the_senders_read_cursor(w: World) -> None:
     assert await cursors.advance_read(w.tid, w.a, w.g, 3, NOW) == 3
     await w.store.append([msg(w.tid, w.g, w.c)])  # never lowers anyone's cursor
     assert await cursors.read_cursors(w.tid, w.a) == {w.g: 3}
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 62])
+async def test_append_switches_to_generic_plans_once_messages_is_big(
+    db: Database, threshold: int
+) -> None:
+    if db.backend != "postgresql":
+        pytest.skip("plan modes are PostgreSQL's")
+    world = await World(db).setup()
+    store = MessageStore(db, generic_plans_after_bytes=threshold)
+    assert store.plans == "custom"
+    for _ in range(3):  # more batches than connections it may meet on the way
+        assert (await store.append([msg(world.tid, world.ab, world.a)]))[0].ok
+    expected = "generic" if threshold == 0 else "custom"
+    assert store.plans == expected
+    # every writer connection the append used now plans that way
+    async with db.writer.connect() as conn:
+        mode = (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar()
+    assert mode == f"force_{expected}_plan"
