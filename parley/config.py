@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     ping_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="Close a pinged connection silent this long."
     )
+    handshake_timeout_s: float = Field(
+        5.0, gt=0, le=300,
+        description="Drop a socket that has not sent its WebSocket upgrade request by then "
+        "(counted in parley_ws_connects_total{outcome=\"handshake_timeout\"}).",
+    )
     send_rate_per_s: float = Field(100.0, gt=0, description="Sends per second per connection.")
     user_send_rate_per_s: float = Field(200.0, gt=0, description="Sends per second per user.")
     repush_timeout_ms: int = Field(

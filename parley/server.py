@@ -247,10 +247,12 @@ class Node:
                 max_frame_bytes=s.max_frame_bytes, max_outbound_bytes=s.max_outbound_bytes,
                 ping_interval_s=s.ping_interval_s,
                 ping_timeout_s=min(s.ping_timeout_s, s.ping_interval_s),
-                max_connections=s.max_connections,
+                max_connections=s.max_connections, handshake_timeout_s=s.handshake_timeout_s,
             ),
             TokenAuthenticator(self.tokens),
             self.front,
+            on_upgrade=lambda outcome: self.metrics.child(
+                self.metrics.ws_connects, outcome).inc(),
         )
         try:
             await self.gateway.start()

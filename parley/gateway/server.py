@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from picows import (
@@ -76,10 +77,12 @@ class _Acceptor:
 
 
 class _GatewayProtocol(WSProtocol):  # type: ignore[misc]
-    """picows' protocol, plus handing the peer address to this socket's acceptor."""
+    """picows' protocol, plus handing the peer address to this socket's acceptor
+    and counting upgrades that never came (``handshake_timeout_s``)."""
 
-    __slots__ = ("_acceptor",)
+    __slots__ = ("_acceptor", "_server")
     _acceptor: _Acceptor | None
+    _server: GatewayServer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         acceptor = self._acceptor
@@ -87,6 +90,10 @@ class _GatewayProtocol(WSProtocol):  # type: ignore[misc]
         self._acceptor = None
         acceptor.remote = _format_peer(transport.get_extra_info("peername"))
         super().connection_made(transport)
+
+    def _handshake_timeout_callback(self) -> None:  # picows' timer, overridden to count
+        self._server._outcome("handshake_timeout")
+        super()._handshake_timeout_callback()
 
 
 class GatewayServer:
@@ -105,11 +112,17 @@ class GatewayServer:
         handler: SessionHandler,
         *,
         use_aiofastnet: bool = False,
+        on_upgrade: Callable[[str], None] | None = None,
     ) -> None:
         """``use_aiofastnet`` selects picows' optional aiofastnet transport instead of the
         loop's own.  Off by default: under uvloop it costs the same CPU but 5.3 KiB more
         per idle connection (measured with tests/gateway/bench_fanout.py), and its
-        accept loop mishandles EMFILE (it calls ``remove_reader`` on a socket)."""
+        accept loop mishandles EMFILE (it calls ``remove_reader`` on a socket).
+
+        ``on_upgrade`` is told how each accepted socket's upgrade ended: "accepted",
+        "refused" (an HTTP error answered) or "handshake_timeout" (no complete
+        upgrade request within ``handshake_timeout_s``: dropped unanswered)."""
+        self._on_upgrade = on_upgrade
         self._config = config
         self._handler = handler
         self._screen = UpgradeScreen(config.allowed_origins, authenticator)
@@ -231,6 +244,7 @@ class GatewayServer:
             cfg.read_buffer_bytes,
         )
         protocol._acceptor = acceptor
+        protocol._server = self
         return protocol
 
     async def _sweep(self) -> None:
@@ -276,6 +290,7 @@ class GatewayServer:
             refusal = Unavailable("too many connections on this server")
         result = self._screen.check(request.path, request.headers.items(), remote, refusal)
         if isinstance(result, Rejection):
+            self._outcome("refused")
             headers = {"Content-Type": "application/json"}
             if result.status == 503:
                 headers["Retry-After"] = "5"
@@ -284,9 +299,14 @@ class GatewayServer:
             )
             return WSUpgradeResponseWithListener(response, None)
         assert self._ctx is not None
+        self._outcome("accepted")
         return WsConnection(
             self._ctx, next(self._ids), result, remote, self._config.max_outbound_bytes
         )
+
+    def _outcome(self, outcome: str) -> None:
+        if self._on_upgrade is not None:
+            self._on_upgrade(outcome)
 
     def _on_closed(self, conn: WsConnection) -> None:
         self._conns.discard(conn)

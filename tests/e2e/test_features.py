@@ -152,6 +152,9 @@ async def test_limits_rate_devices_and_origin(strict_node: Node) -> None:
     status, _, anon = await RawWs.connect(strict_node.ws_port, "/v1/ws?device=web")
     await anon.close()
     assert status == 401
+    upgrades = strict_node.metrics.ws_connects
+    assert upgrades.labels("refused")._value.get() == 2  # the evil origin, the anonymous
+    assert upgrades.labels("accepted")._value.get() >= 4
 
 
 async def test_slow_consumer_is_closed_and_recovers_by_sync(

@@ -92,12 +92,13 @@ class Recorder:
 
 @contextlib.asynccontextmanager
 async def running(
-    handler: Any = None, auth: Any = None, **settings: Any
+    handler: Any = None, auth: Any = None, on_upgrade: Any = None, **settings: Any
 ) -> AsyncIterator[GatewayServer]:
     settings.setdefault("port", 0)
     settings.setdefault("close_timeout_s", 2.0)
     server = GatewayServer(
-        GatewayConfig(**settings), auth or TokenAuth(), handler or Recorder(echo=True)
+        GatewayConfig(**settings), auth or TokenAuth(), handler or Recorder(echo=True),
+        on_upgrade=on_upgrade,
     )
     await server.start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -10,7 +11,16 @@ from parley.errors import ConfigError, Unavailable
 from parley.gateway import GatewayConfig, Principal
 from parley.gateway.handshake import Rejection, UpgradeScreen
 
-from .support import GOOD_PATH, RawWs, Recorder, TokenAuth, picows_close, picows_connect, running
+from .support import (
+    GOOD_PATH,
+    RawWs,
+    Recorder,
+    TokenAuth,
+    picows_close,
+    picows_connect,
+    running,
+    wait,
+)
 
 # ----------------------------------------------------------------------------- unit
 
@@ -218,3 +228,18 @@ async def test_capacity_limit_answers_503_until_a_slot_frees() -> None:
         transport, _ = await picows_connect(server.port)
         await rec.next_open()
         await picows_close(transport)
+
+
+async def test_upgrade_outcomes_are_reported_and_a_silent_socket_is_dropped() -> None:
+    outcomes: list[str] = []
+    async with running(on_upgrade=outcomes.append, handshake_timeout_s=0.3) as server:
+        client = await RawWs.open(server.port)
+        status, _, refused = await RawWs.connect(server.port, "/v1/ws?device=d")
+        assert status == 401
+        await refused.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /v1/ws?device=d HTTP/1.1\r\n")  # a request that never ends
+        assert await wait(reader.read()) == b""  # dropped, unanswered, at the deadline
+        writer.close()
+        await client.close()
+    assert outcomes == ["accepted", "refused", "handshake_timeout"]
