@@ -37,16 +37,18 @@ class MembershipCache:
     ) -> None:
         self._store = conversations
         self._entries: TtlCache[tuple[int, int], ConvMembers] = TtlCache(
-            clock, ttl_s, max_entries
+            clock, ttl_s, max_entries, lambda key: self._load(*key)
         )
         self.listener: Callable[[int, int], None] | None = None
         """Told of every ``invalidate`` (the cluster tells the other nodes)."""
 
     async def get(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         """The conversation's members, or None if it does not exist in this tenant."""
-        return await self._entries.load(
-            (tenant_id, conv_id), lambda: self._load(tenant_id, conv_id)
-        )
+        return await self._entries.load((tenant_id, conv_id))
+
+    def fresh(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
+        """The cached members if fresh, without waiting (see ``TtlCache.fresh``)."""
+        return self._entries.fresh((tenant_id, conv_id))
 
     def peek(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
         """The cached entry if present and fresh; never loads."""

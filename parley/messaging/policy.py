@@ -45,35 +45,46 @@ class SendPolicy:
         self._tenants = tenants
         self.listener: Callable[[str, tuple[int, ...]], None] | None = None
         self._clock = clock
-        self._strangers: TtlCache[int, bool] = TtlCache(clock, ttl_s, max_entries)
+        self._strangers: TtlCache[int, bool] = TtlCache(
+            clock, ttl_s, max_entries, self._load_strangers
+        )
         self._direct: TtlCache[tuple[int, int, int], DirectRule] = TtlCache(
-            clock, ttl_s, max_entries
+            clock, ttl_s, max_entries, lambda key: social.direct_rule(*key)
         )
         self._groups: TtlCache[tuple[int, int], GroupRules] = TtlCache(
-            clock, ttl_s, max_entries
+            clock, ttl_s, max_entries, lambda key: social.group_rules(*key)
         )
 
     async def direct_rule(self, tenant_id: int, sender: int, peer: int) -> DirectRule:
-        rule = await self._direct.load(
-            (tenant_id, sender, peer), lambda: self.social.direct_rule(tenant_id, sender, peer)
-        )
+        rule = await self._direct.load((tenant_id, sender, peer))
         assert rule is not None
         return rule
+
+    async def _load_strangers(self, tenant_id: int) -> bool:
+        assert self._tenants is not None
+        tenant = await self._tenants.tenant(tenant_id)
+        own = tenant.stranger_messages if tenant is not None else None
+        return self.stranger_messages if own is None else own
 
     async def strangers_allowed(self, tenant_id: int) -> bool:
         """The effective stranger policy of a tenant: its own setting, else the node's."""
         if self._tenants is None:
             return self.stranger_messages
-        tenants = self._tenants
-
-        async def load() -> bool:
-            tenant = await tenants.tenant(tenant_id)
-            own = tenant.stranger_messages if tenant is not None else None
-            return self.stranger_messages if own is None else own
-
-        allowed = await self._strangers.load(tenant_id, load)
+        allowed = await self._strangers.load(tenant_id)
         assert allowed is not None
         return allowed
+
+    def direct_allowed_now(self, tenant_id: int, sender: int, peer: int) -> bool:
+        """True when the cached rules allow the message (no waiting); False when
+        ``check_direct`` must decide -- a rule not cached, or a refusal to raise."""
+        rule = self._direct.fresh((tenant_id, sender, peer))
+        if rule is None or rule.blocked_by_peer:
+            return False
+        if rule.contacts:
+            return True
+        if self._tenants is None:
+            return self.stranger_messages
+        return self._strangers.fresh(tenant_id) is True
 
     async def check_direct(self, tenant_id: int, sender: int, peer: int) -> None:
         """Raise Forbidden when ``sender`` may not message ``peer`` directly."""
@@ -83,11 +94,17 @@ class SendPolicy:
         if not rule.contacts and not await self.strangers_allowed(tenant_id):
             raise Forbidden("only contacts may message each other in this tenant")
 
+    def group_allowed_now(self, tenant_id: int, conv: int, sender: int) -> bool:
+        """True when the cached group rules let ``sender`` post (no waiting); False
+        when ``check_group`` must decide."""
+        rules = self._groups.fresh((tenant_id, conv))
+        if rules is None or (rules.all_muted and sender not in rules.privileged):
+            return False
+        return rules.muted_until.get(sender, 0) <= self._clock.now_ms()
+
     async def check_group(self, tenant_id: int, conv: int, sender: int) -> None:
         """Raise Forbidden when ``sender`` is muted in the group (or the whole group is)."""
-        rules = await self._groups.load(
-            (tenant_id, conv), lambda: self.social.group_rules(tenant_id, conv)
-        )
+        rules = await self._groups.load((tenant_id, conv))
         assert rules is not None
         if rules.all_muted and sender not in rules.privileged:
             raise Forbidden("the group is muted: only its owner and admins may send")

@@ -36,13 +36,17 @@ V = TypeVar("V")
 
 
 class TtlCache(Generic[K, V]):
+    """``loader(key)`` reads a key's value from the database (None: nothing to cache)."""
+
     def __init__(
-        self, clock: Clock, ttl_s: float, max_entries: int, *,
+        self, clock: Clock, ttl_s: float, max_entries: int,
+        loader: Callable[[K], Awaitable[V | None]], *,
         refresh_fraction: float = 0.25, jitter: float = 0.1,
     ) -> None:
         if not (0.0 <= refresh_fraction < 1.0 and 0.0 <= jitter < 1.0):
             raise ValueError("refresh_fraction and jitter must be in [0, 1)")
         self._clock, self._ttl, self._max = clock, ttl_s, max_entries
+        self._loader = loader
         self._refresh, self._jitter = refresh_fraction, jitter
         # key -> (expires_at, refresh_at, value), monotonic seconds
         self._entries: OrderedDict[K, tuple[float, float, V]] = OrderedDict()
@@ -76,22 +80,32 @@ class TtlCache(Generic[K, V]):
         self._entries.clear()
         self._loading.clear()
 
-    async def load(self, key: K, loader: Callable[[], Awaitable[V | None]]) -> V | None:
-        """The cached value, else ``loader()``'s (cached unless None); concurrent
-        callers for one key share one load and see its result or its exception."""
+    def fresh(self, key: K) -> V | None:
+        """The value if cached and not expired, without waiting (a reload is started
+        in the background when it is due); None when only ``load`` can tell.
+        The send path tries this first: no coroutine, no task, on a hit."""
         hit = self._entries.get(key)
+        if hit is None:
+            return None
+        now = self._clock.monotonic()
+        if hit[0] <= now:
+            return None
+        if hit[1] <= now and key not in self._loading:
+            self._refresh_later(key)
+        return hit[2]
+
+    async def load(self, key: K) -> V | None:
+        """The cached value, else ``loader(key)``'s (cached unless None); concurrent
+        callers for one key share one load and see its result or its exception."""
+        hit = self.fresh(key)
         if hit is not None:
-            now = self._clock.monotonic()
-            if hit[0] > now:
-                if hit[1] <= now and key not in self._loading:
-                    self._refresh_later(key, loader)
-                return hit[2]
+            return hit
         pending = self._loading.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
         fut = self._begin(key)
         try:
-            value = await loader()
+            value = await self._loader(key)
         except BaseException as exc:
             self._end(key, fut, exc=exc)
             raise
@@ -130,12 +144,12 @@ class TtlCache(Generic[K, V]):
             retry_at = min(hit[0], self._clock.monotonic() + 1.0)
             self._entries[key] = (hit[0], retry_at, hit[2])
 
-    def _refresh_later(self, key: K, loader: Callable[[], Awaitable[V | None]]) -> None:
+    def _refresh_later(self, key: K) -> None:
         fut = self._begin(key)
 
         async def refresh() -> None:
             try:
-                value = await loader()
+                value = await self._loader(key)
             except Exception as exc:  # noqa: BLE001 - the old value serves until it expires
                 log.debug("refreshing a cache entry failed: %r", exc)
                 self._end(key, fut, exc=exc)

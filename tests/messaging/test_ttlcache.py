@@ -20,7 +20,7 @@ class Loader:
         self.gated = gated
         self.gates: list[asyncio.Event] = []
 
-    async def __call__(self) -> str | None:
+    async def __call__(self, key: object) -> str | None:
         self.calls += 1
         if self.gated:
             gate = asyncio.Event()
@@ -39,23 +39,25 @@ async def _settle() -> None:
 
 async def test_hit_then_expiry_reloads() -> None:
     clock = ManualClock()
-    cache: TtlCache[str, str] = TtlCache(clock, 10.0, 100, refresh_fraction=0.0, jitter=0.0)
     load = Loader()
-    assert await cache.load("k", load) == "v0"
+    cache: TtlCache[str, str] = TtlCache(
+        clock, 10.0, 100, load, refresh_fraction=0.0, jitter=0.0
+    )
+    assert await cache.load("k") == "v0"
     load.value = "v1"
     clock.advance(9_999)
-    assert await cache.load("k", load) == "v0"
+    assert await cache.load("k") == "v0"
     assert load.calls == 1
     clock.advance(1)
     assert cache.get("k") is None
-    assert await cache.load("k", load) == "v1"
+    assert await cache.load("k") == "v1"
     assert load.calls == 2
 
 
 async def test_concurrent_misses_share_one_load() -> None:
-    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100)
     load = Loader(gated=True)
-    waiters = [asyncio.create_task(cache.load("k", load)) for _ in range(50)]
+    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100, load)
+    waiters = [asyncio.create_task(cache.load("k")) for _ in range(50)]
     await _settle()
     assert load.calls == 1
     load.gates[0].set()
@@ -64,19 +66,21 @@ async def test_concurrent_misses_share_one_load() -> None:
 
 async def test_refresh_ahead_serves_the_old_value_and_reloads_once() -> None:
     clock = ManualClock()
-    cache: TtlCache[str, str] = TtlCache(clock, 10.0, 100, refresh_fraction=0.25, jitter=0.0)
     load = Loader(gated=True)
-    first = asyncio.create_task(cache.load("k", load))
+    cache: TtlCache[str, str] = TtlCache(
+        clock, 10.0, 100, load, refresh_fraction=0.25, jitter=0.0
+    )
+    first = asyncio.create_task(cache.load("k"))
     await _settle()
     load.gates[0].set()
     assert await first == "v0"
 
     clock.advance(7_400)  # before the last quarter: a plain hit
-    assert await cache.load("k", load) == "v0"
+    assert await cache.load("k") == "v0"
     assert load.calls == 1
     clock.advance(200)  # 7.6 s: in the last quarter
     load.value = "v1"
-    results = [await cache.load("k", load) for _ in range(20)]
+    results = [await cache.load("k") for _ in range(20)]
     assert results == ["v0"] * 20  # nobody waited
     await _settle()
     assert load.calls == 2  # one background reload, not one per call
@@ -84,50 +88,52 @@ async def test_refresh_ahead_serves_the_old_value_and_reloads_once() -> None:
     await _settle()
     assert cache.get("k") == "v1"
     clock.advance(5_000)  # past the first entry's expiry: the refreshed one lives on
-    assert await cache.load("k", load) == "v1"
+    assert await cache.load("k") == "v1"
     assert load.calls == 2
 
 
 async def test_failed_refresh_keeps_the_value_and_retries_after_a_second() -> None:
     clock = ManualClock()
-    cache: TtlCache[str, str] = TtlCache(clock, 10.0, 100, refresh_fraction=0.5, jitter=0.0)
     load = Loader()
-    assert await cache.load("k", load) == "v0"
+    cache: TtlCache[str, str] = TtlCache(
+        clock, 10.0, 100, load, refresh_fraction=0.5, jitter=0.0
+    )
+    assert await cache.load("k") == "v0"
     clock.advance(6_000)
     load.fail = OSError("database down")
-    assert await cache.load("k", load) == "v0"
+    assert await cache.load("k") == "v0"
     await _settle()
     assert load.calls == 2
-    assert await cache.load("k", load) == "v0"  # within the second: no new attempt
+    assert await cache.load("k") == "v0"  # within the second: no new attempt
     await _settle()
     assert load.calls == 2
     clock.advance(1_000)
     load.fail = None
     load.value = "v1"
-    assert await cache.load("k", load) == "v0"
+    assert await cache.load("k") == "v0"
     await _settle()
     assert load.calls == 3
     assert cache.get("k") == "v1"
 
 
 async def test_failed_load_reaches_every_waiter_and_caches_nothing() -> None:
-    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100)
     load = Loader(gated=True)
+    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100, load)
     load.fail = OSError("database down")
-    waiters = [asyncio.create_task(cache.load("k", load)) for _ in range(3)]
+    waiters = [asyncio.create_task(cache.load("k")) for _ in range(3)]
     await _settle()
     load.gates[0].set()
     for result in await asyncio.gather(*waiters, return_exceptions=True):
         assert isinstance(result, OSError)
     assert cache.get("k") is None
     load.gated, load.fail = False, None
-    assert await cache.load("k", load) == "v0"
+    assert await cache.load("k") == "v0"
 
 
 async def test_invalidation_during_a_load_is_not_undone_by_it() -> None:
-    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100)
     load = Loader(gated=True)
-    stale = asyncio.create_task(cache.load("k", load))
+    cache: TtlCache[str, str] = TtlCache(ManualClock(), 10.0, 100, load)
+    stale = asyncio.create_task(cache.load("k"))
     await _settle()
     cache.pop("k")  # the data changed while the old value was being read
     load.gates[0].set()
@@ -135,16 +141,15 @@ async def test_invalidation_during_a_load_is_not_undone_by_it() -> None:
     assert cache.get("k") is None  # ...but the cache does not keep it
     load.gated = False
     load.value = "v1"
-    assert await cache.load("k", load) == "v1"
+    assert await cache.load("k") == "v1"
 
 
 async def test_none_is_not_cached_and_size_is_bounded() -> None:
-    cache: TtlCache[int, str] = TtlCache(ManualClock(), 10.0, 3)
-
-    async def nothing() -> str | None:
+    async def nothing(key: int) -> str | None:
         return None
 
-    assert await cache.load(0, nothing) is None
+    cache: TtlCache[int, str] = TtlCache(ManualClock(), 10.0, 3, nothing)
+    assert await cache.load(0) is None
     assert len(cache) == 0
     for i in range(5):
         cache.put(i, str(i))
@@ -154,11 +159,13 @@ async def test_none_is_not_cached_and_size_is_bounded() -> None:
 
 def test_jitter_shortens_life_within_bounds() -> None:
     clock = ManualClock()
-    cache: TtlCache[int, int] = TtlCache(clock, 10.0, 10_000, refresh_fraction=0.0, jitter=0.2)
+    cache: TtlCache[int, str] = TtlCache(
+        clock, 10.0, 10_000, Loader(), refresh_fraction=0.0, jitter=0.2
+    )
     for i in range(1000):
-        cache.put(i, i)
+        cache.put(i, str(i))
     clock.advance(7_999)
-    assert all(cache.get(i) == i for i in range(1000))
+    assert all(cache.get(i) == str(i) for i in range(1000))
     clock.advance(1_000)  # 9 s: some entries (life 8-10 s) have expired, not all
     alive = sum(cache.get(i) is not None for i in range(1000))
     assert 0 < alive < 1000
@@ -168,4 +175,22 @@ def test_jitter_shortens_life_within_bounds() -> None:
 
 def test_bad_parameters_are_refused() -> None:
     with pytest.raises(ValueError):
-        TtlCache(ManualClock(), 10.0, 10, refresh_fraction=1.0)
+        TtlCache(ManualClock(), 10.0, 10, Loader(), refresh_fraction=1.0)
+
+
+async def test_fresh_never_waits_and_starts_the_due_reload() -> None:
+    clock = ManualClock()
+    load = Loader()
+    cache: TtlCache[str, str] = TtlCache(
+        clock, 10.0, 100, load, refresh_fraction=0.5, jitter=0.0
+    )
+    assert cache.fresh("k") is None and load.calls == 0  # a miss does not load
+    assert await cache.load("k") == "v0"
+    assert cache.fresh("k") == "v0" and load.calls == 1
+    clock.advance(5_000)
+    load.value = "v1"
+    assert cache.fresh("k") == "v0"  # due: served, and reloaded behind
+    await _settle()
+    assert load.calls == 2 and cache.fresh("k") == "v1"
+    clock.advance(10_000)
+    assert cache.fresh("k") is None  # expired: only load() may wait for it
