@@ -1,0 +1,77 @@
+"""The worker's open-loop schedule (one worker, no server): every send on time or
+late, never early; the worker sleeps at least a millisecond between ticks (a
+shorter uvloop sleep is a busy loop); a failing send fails the run."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from parley.bench.targets import ParleyConnector
+from parley.bench.worker import _TICK_S, UserSpec, WorkerSpec, _Schedule, _Worker
+
+URL = "ws://127.0.0.1:1/v1/ws"
+
+
+@pytest.fixture
+def worker() -> Iterator[_Worker]:
+    users = (UserSpec(0, "", URL, "7", 1), UserSpec(1, "", URL, "7", 1))
+    parent, child = mp.Pipe()
+    try:
+        yield _Worker(WorkerSpec(0, ParleyConnector(), users, "127.0.0.1", None, 1, 60), child)
+    finally:
+        parent.close()
+        child.close()
+
+
+class _Conn:
+    def __init__(self, fail: bool = False) -> None:
+        self.sends: list[tuple[int, int]] = []  # (token, when sent)
+        self.fail = fail
+
+    def send(self, conv: str, payload: bytes, token: int) -> None:
+        if self.fail:
+            raise RuntimeError("boom")
+        self.sends.append((token, time.monotonic_ns()))
+
+    def close(self) -> None:
+        pass
+
+
+async def test_sends_follow_the_schedule_in_ticks_of_at_least_a_millisecond(
+        worker: _Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    conns = [_Conn(), _Conn()]
+    for u, c in zip(worker.users, conns, strict=True):
+        u.conn = c
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    call_later = loop.call_later
+
+    def spy(delay: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        if isinstance(getattr(callback, "__self__", None), _Schedule):
+            delays.append(delay)
+        return call_later(delay, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_later", spy)
+    t0 = time.monotonic_ns() + 5_000_000
+    await worker.run(t0, 0.1, 10_000.0)  # a send every 0.1 ms
+    assert worker.sent == 1000
+    assert [len(c.sends) for c in conns] == [500, 500]
+    assert delays and min(delays) >= _TICK_S
+    assert len(delays) <= 110  # ticks, not sends
+    for sender, c in zip(worker.users, conns, strict=True):
+        due = worker.ledger.inflight[sender.index]
+        assert all(sent_at >= due[token] for token, sent_at in c.sends)  # never early
+    assert worker.lag_hist.get_total_count() > 0
+
+
+async def test_a_failing_send_fails_the_run(worker: _Worker) -> None:
+    worker.users[0].conn = _Conn(fail=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        await worker.run(time.monotonic_ns(), 0.05, 1000.0)
+
