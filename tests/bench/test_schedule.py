@@ -75,3 +75,12 @@ async def test_a_failing_send_fails_the_run(worker: _Worker) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         await worker.run(time.monotonic_ns(), 0.05, 1000.0)
 
+
+async def test_a_report_takes_each_histogram_delta(worker: _Worker) -> None:
+    await worker.run(time.monotonic_ns(), 0.02, 1000.0)
+    for seq in list(worker.ledger.inflight[0]):
+        worker.users[0].acked(seq)
+    first = worker.report()
+    assert first.ack_hist and first.lag_hist and worker.ack_hist.get_total_count() == 0
+    second = worker.report()
+    assert second.ack_hist == b"" and second.sent == first.sent
