@@ -63,7 +63,7 @@ from picows import (
     ws_connect,
 )
 
-from parley.protocol import Ack, Msg, Reconnect, Send, Sent, Welcome, decode_server_frame, encode
+from parley.protocol import Msg, Reconnect, Sent, Welcome, decode_server_frame
 from parley.protocol.frames import ErrorFrame
 
 __all__ = [
@@ -249,6 +249,35 @@ _CLOSE: Final = WSMsgType.CLOSE
 _ACK_DELAY_S: Final = 0.05
 _TEXT_OPEN: Final = b'{"text":"'
 _TEXT_CLOSE: Final = b'"}'
+_SEND: Final = (b'{"t":"send","rid":%d,"conv":%d,"mid":"%b%d.%b%010d","kind":"text",'
+                b'"body":{"text":"%b"}}')
+"""``encode(Send(...))`` of a text message, as a template (tests/bench pin it to the codec):
+rid, conv, mid prefix ``1.<uid>.<device>.``, mid time (ms), nonce, token, payload."""
+_ACK: Final = b'{"t":"ack","conv":%d,"seq":%d}'
+"""``encode(Ack(conv=..., seq=...))`` as a template."""
+_BODY_START: Final = len(_TEXT_OPEN)
+_BODY_END: Final = -len(_TEXT_CLOSE)
+_MSG_PREFIX: Final = b'{"t":"msg",'
+_SENT_PREFIX: Final = b'{"t":"sent",'
+
+
+class _PushedMsg(msgspec.Struct, tag_field="t", tag="msg", gc=False):
+    """What the bench reads of a ``msg`` frame (the rest is skipped unvalidated)."""
+
+    conv: int
+    seq: int
+    sender: int = msgspec.field(name="from")
+    body: msgspec.Raw
+
+
+class _SentRid(msgspec.Struct, tag_field="t", tag="sent", gc=False):
+    """What the bench reads of a ``sent`` frame."""
+
+    rid: int
+
+
+_MSG_DECODER: Final = msgspec.json.Decoder(_PushedMsg)
+_SENT_DECODER: Final = msgspec.json.Decoder(_SentRid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +285,10 @@ class ParleyConnector:
     """Parley's :class:`Connector`: a raw picows client speaking protocol v1.
 
     Lighter than the SDK's ``ParleyClient`` (no outbox, no sync, no reconnect):
-    one listener object per connection, frames decoded with
-    ``parley.protocol.decode_server_frame`` and encoded with ``encode``.
+    one listener object per connection; the hot frames (``msg``, ``sent``) are
+    read with decoders of just the fields the bench uses, the others with
+    ``parley.protocol.decode_server_frame``; ``send`` and ``ack`` frames are
+    filled into templates of what ``parley.protocol.encode`` gives.
     ``credential`` is an access token.
     """
 
@@ -325,8 +356,9 @@ class ParleyConnection(WSListener):
     while messages flow.
     """
 
-    __slots__ = ("_ack_due", "_bases", "_convs", "_device", "_events", "_nonce", "_pending",
-                 "_uid", "_ws", "closed_code", "moved_to", "redirects", "repushed", "welcomed")
+    __slots__ = ("_ack_due", "_bases", "_convs", "_device", "_events", "_mid_prefix",
+                 "_nonce", "_pending", "_uid", "_ws", "closed_code", "moved_to", "redirects",
+                 "repushed", "welcomed")
 
     def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None) -> None:
         self._events = events
@@ -334,9 +366,11 @@ class ParleyConnection(WSListener):
         self._device = device
         self._ws: WSTransport | None = None
         self._uid = 0
-        self._nonce = secrets.token_hex(3)
+        self._nonce = secrets.token_hex(3).encode()
+        self._mid_prefix = b""
+        """``1.<uid>.<device>.``, once welcomed."""
         self._convs: dict[str, int] = {}
-        self._pending: dict[int, list[Any]] = {}  # conv -> [contiguous seq, {seq: early Msg}]
+        self._pending: dict[int, list[Any]] = {}  # conv -> [contiguous seq, {seq: early msg}]
         self._ack_due: set[int] = set()
         self.repushed = 0
         self.redirects = 0
@@ -353,14 +387,12 @@ class ParleyConnection(WSListener):
         cid = self._convs.get(conv)
         if cid is None:
             cid = self._convs[conv] = int(conv)
-        mid = f"1.{self._uid}.{self._device}.{_now_ms()}.{self._nonce}{token:010d}"
-        frame = Send(rid=token, conv=cid, mid=mid, kind="text",
-                     body=msgspec.Raw(_TEXT_OPEN + payload + _TEXT_CLOSE))
-        ws.send(_TEXT, encode(frame))
+        ws.send(_TEXT, _SEND % (token, cid, self._mid_prefix, time.time_ns() // 1_000_000,
+                                self._nonce, token, payload))
 
     def close(self) -> None:
         if self._ws is not None and self.closed_code is None:
-            self._flush_acks()
+            self.flush_acks()
             self.closed_code = 1000
             self._ws.send_close(WSCloseCode.OK)
             self._ws.disconnect()
@@ -376,12 +408,27 @@ class ParleyConnection(WSListener):
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
             return
+        data = frame.get_payload_as_bytes()
+        f: object
         try:
-            f = decode_server_frame(frame.get_payload_as_bytes())
+            if data.startswith(_MSG_PREFIX):
+                f = _MSG_DECODER.decode(data)
+            elif data.startswith(_SENT_PREFIX):
+                f = _SENT_DECODER.decode(data)
+            else:
+                f = decode_server_frame(data)
         except Exception:  # noqa: BLE001 - unknown frame types are skipped (protocol §1)
             return
         t = type(f)
-        if t is Msg:
+        if t is _PushedMsg:
+            self._on_msg(cast(_PushedMsg, f))
+        elif t is _SentRid:
+            self._events.acked(cast(_SentRid, f).rid)
+        else:
+            self._on_other(f, t)
+
+    def _on_other(self, f: object, t: type) -> None:
+        if t is Msg:  # a server putting "t" elsewhere than first
             self._on_msg(cast(Msg, f))
         elif t is Sent:
             self._events.acked(cast(Sent, f).rid)
@@ -390,7 +437,8 @@ class ParleyConnection(WSListener):
             if err.rid is not None:
                 self._events.failed(err.rid, err.code)
         elif t is Welcome:
-            self._uid = cast(Welcome, f).uid
+            self._uid = uid = cast(Welcome, f).uid
+            self._mid_prefix = b"1.%d.%b." % (uid, self._device.encode())
             if not self.welcomed.done():
                 self.welcomed.set_result(None)
         elif t is Reconnect:
@@ -409,10 +457,11 @@ class ParleyConnection(WSListener):
         self._events.closed(code, "")
 
     # -- receiving ---------------------------------------------------------------
-    def _on_msg(self, m: Msg) -> None:
-        state = self._pending.get(m.conv)
+    def _on_msg(self, m: _PushedMsg | Msg) -> None:
+        conv = m.conv
+        state = self._pending.get(conv)
         if state is None:
-            state = self._pending[m.conv] = [self._bases.get(m.conv, m.seq - 1), {}]
+            state = self._pending[conv] = [self._bases.get(conv, m.seq - 1), {}]
         seq = m.seq
         if seq <= state[0] or seq in state[1]:
             self.repushed += 1
@@ -427,28 +476,25 @@ class ParleyConnection(WSListener):
             state[0] += 1
             self._deliver(early.pop(state[0]))
         if not self._ack_due:
-            asyncio.get_running_loop().call_later(_ACK_DELAY_S, self._flush_acks)
-        self._ack_due.add(m.conv)
+            asyncio.get_running_loop().call_later(_ACK_DELAY_S, self.flush_acks)
+        self._ack_due.add(conv)
 
-    def _deliver(self, m: Msg) -> None:
+    def _deliver(self, m: _PushedMsg | Msg) -> None:
         if m.sender != self._uid:
-            body = bytes(m.body)
-            self._events.delivered(body[len(_TEXT_OPEN):-len(_TEXT_CLOSE)])
+            self._events.delivered(bytes(m.body)[_BODY_START:_BODY_END])
 
-    def _flush_acks(self) -> None:
+    def flush_acks(self) -> None:
+        """Send the due acks now (one frame per conversation)."""
         ws = self._ws
         if ws is None or self.closed_code is not None:
             self._ack_due.clear()
             return
+        pending = self._pending
         for conv in self._ack_due:
-            ws.send(_TEXT, encode(Ack(conv=conv, seq=self._pending[conv][0])))
+            ws.send(_TEXT, _ACK % (conv, pending[conv][0]))
         self._ack_due.clear()
 
 
 def _retrieved(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

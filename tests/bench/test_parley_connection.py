@@ -1,0 +1,135 @@
+"""The Parley target's connection, without a server: the frames it writes from
+templates are the codec's, its light decoders read what the protocol's do, pushes
+are handed on in order and acked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from picows import WSMsgType
+from picows.picows import _make_test_ws_frame
+
+from parley.bench.targets import ParleyConnection
+from parley.protocol import (
+    Ack,
+    ErrorFrame,
+    Limits,
+    Msg,
+    Send,
+    Sent,
+    Welcome,
+    WelcomeLimits,
+    check_message_id,
+    decode_client_frame,
+    encode,
+)
+
+UID = 42
+LIMITS = WelcomeLimits(max_frame_bytes=65536, max_text_chars=4000, max_custom_bytes=4096,
+                       max_mentions=50, sync_page_max=1000, history_page_max=200,
+                       convs_page_max=500, mid_max_past_ms=1, mid_max_future_ms=1)
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def acked(self, token: int) -> None:
+        self.calls.append(("acked", token))
+
+    def failed(self, token: int, code: str) -> None:
+        self.calls.append(("failed", token, code))
+
+    def delivered(self, payload: bytes) -> None:
+        self.calls.append(("delivered", payload))
+
+    def closed(self, code: int, reason: str) -> None:
+        self.calls.append(("closed", code))
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, msg_type: WSMsgType, data: bytes) -> None:
+        assert msg_type is WSMsgType.TEXT
+        self.sent.append(data)
+
+    def send_close(self, code: object) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+
+def _frame(data: bytes) -> Any:
+    return _make_test_ws_frame(WSMsgType.TEXT, data, True, False)
+
+
+def _push(conn: ParleyConnection, data: bytes) -> None:
+    """A text frame from the server, as picows hands it on."""
+    conn.on_ws_frame(None, _frame(data))  # type: ignore[arg-type]
+
+
+def _msg(seq: int, payload: bytes, sender: int = 7, conv: int = 9) -> bytes:
+    return encode(Msg(conv=conv, seq=seq, mid=f"1.{sender}.d.1.abcdefgh", sender=sender,
+                      kind="text", body=msgspec.Raw(b'{"text":"' + payload + b'"}'), ts=1))
+
+
+def _connected(bases: dict[int, int] | None = None) -> tuple[ParleyConnection, _Events,
+                                                             _Transport]:
+    events, ws = _Events(), _Transport()
+    conn = ParleyConnection(events, "bench", bases)
+    conn.on_ws_connected(ws)  # type: ignore[arg-type]
+    _push(conn, encode(Welcome(uid=UID, device="bench", server_time=1, limits=LIMITS)))
+    assert conn.welcomed.done()
+    return conn, events, ws
+
+
+async def test_send_frame_is_the_codecs() -> None:
+    conn, _, ws = _connected()
+    now_ms = time.time_ns() // 1_000_000
+    conn.send("9", b"3.17.123456789", 17)
+    (data,) = ws.sent
+    frame = decode_client_frame(data, Limits())
+    assert isinstance(frame, Send)
+    assert (frame.rid, frame.conv, frame.kind) == (17, 9, "text")
+    assert bytes(frame.body) == b'{"text":"3.17.123456789"}'
+    assert encode(frame) == data
+    mid = check_message_id(frame.mid, UID, "bench", now_ms)
+    assert mid.rand.endswith("0000000017")
+
+
+async def test_light_decoders_read_msg_sent_and_the_rest() -> None:
+    conn, events, _ = _connected()
+    _push(conn, encode(Sent(rid=5, conv=9, mid="1.42.bench.1.abcdefgh", seq=1, ts=1, dup=True)))
+    _push(conn, _msg(1, b"7.1.99"))
+    _push(conn, encode(ErrorFrame(rid=6, code="forbidden", message="no", retryable=False)))
+    _push(conn, b'{"t":"future_frame","x":1}')  # skipped, as is a broken one
+    _push(conn, b'{"t":"msg","conv":"not an id"}')
+    # "t" not first: the protocol's decoder reads them
+    _push(conn, b'{"conv":9,"seq":2,"t":"msg","mid":"1.7.d.1.abcdefgh",'
+                b'"from":7,"kind":"text","body":{"text":"7.2.99"},"ts":1}')
+    _push(conn, b'{"rid":8,"t":"sent","conv":9,"mid":"1.42.bench.1.abcdefgh","seq":3,"ts":1}')
+    assert events.calls == [("acked", 5), ("delivered", b"7.1.99"), ("failed", 6, "forbidden"),
+                            ("delivered", b"7.2.99"), ("acked", 8)]
+
+
+async def test_pushes_in_order_without_own_or_repeats_and_acked() -> None:
+    conn, events, ws = _connected(bases={9: 0})
+    for seq, sender in ((2, 7), (1, 7), (2, 7), (3, UID), (4, 7)):
+        _push(conn, _msg(seq, b"7.%d.1" % seq, sender))
+    _push(conn, _msg(1, b"8.1.1", conv=10))
+    assert [c[1] for c in events.calls] == [b"7.1.1", b"7.2.1", b"7.4.1", b"8.1.1"]
+    assert conn.repushed == 1
+    assert ws.sent == []
+    await asyncio.sleep(0.1)
+    assert sorted(ws.sent) == sorted([encode(Ack(conv=9, seq=4)), encode(Ack(conv=10, seq=1))])
+    _push(conn, _msg(5, b"7.5.1"))
+    conn.close()  # flushes what is due
+    assert ws.sent[-1] == encode(Ack(conv=9, seq=5))
+    await asyncio.sleep(0.1)
+    assert len(ws.sent) == 3
