@@ -47,6 +47,7 @@ import asyncio
 import importlib
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
@@ -247,6 +248,8 @@ def load_target(spec: str, options: TargetOptions) -> Target:
 _TEXT: Final = WSMsgType.TEXT
 _CLOSE: Final = WSMsgType.CLOSE
 _ACK_DELAY_S: Final = 0.05
+_TIMER_RESOLUTION_S: Final = 0.001
+"""libuv timers count milliseconds: acks due within one go out together."""
 _TEXT_OPEN: Final = b'{"text":"'
 _TEXT_CLOSE: Final = b'"}'
 _SEND: Final = (b'{"t":"send","rid":%d,"conv":%d,"mid":"%b%d.%b%010d","kind":"text",'
@@ -280,6 +283,41 @@ _MSG_DECODER: Final = msgspec.json.Decoder(_PushedMsg)
 _SENT_DECODER: Final = msgspec.json.Decoder(_SentRid)
 
 
+class _AckTimer:
+    """The receive-acks of every connection of one connector (one worker process):
+    each connection's acks go out ``_ACK_DELAY_S`` after its first unacked message,
+    from one timer re-armed for the earliest due (instead of a timer per message)."""
+
+    __slots__ = ("_due", "_handle", "_loop")
+
+    def __init__(self) -> None:
+        self._due: deque[tuple[float, ParleyConnection]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __reduce__(self) -> tuple[type[_AckTimer], tuple[()]]:
+        return _AckTimer, ()  # travels empty to a worker process
+
+    def add(self, conn: ParleyConnection) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        at = loop.time() + _ACK_DELAY_S
+        self._due.append((at, conn))
+        if self._handle is None:
+            self._handle = loop.call_at(at, self._flush)
+
+    def _flush(self) -> None:
+        assert self._loop is not None
+        self._handle = None
+        due = self._due
+        now = self._loop.time() + _TIMER_RESOLUTION_S
+        while due and due[0][0] <= now:
+            due.popleft()[1].flush_acks()
+        if due:
+            self._handle = self._loop.call_at(due[0][0], self._flush)
+
+
 @dataclass(frozen=True, slots=True)
 class ParleyConnector:
     """Parley's :class:`Connector`: a raw picows client speaking protocol v1.
@@ -288,7 +326,8 @@ class ParleyConnector:
     one listener object per connection; the hot frames (``msg``, ``sent``) are
     read with decoders of just the fields the bench uses, the others with
     ``parley.protocol.decode_server_frame``; ``send`` and ``ack`` frames are
-    filled into templates of what ``parley.protocol.encode`` gives.
+    filled into templates of what ``parley.protocol.encode`` gives.  One timer
+    per connector (per worker) sends the receive-acks of all its connections.
     ``credential`` is an access token.
     """
 
@@ -299,6 +338,7 @@ class ParleyConnector:
     """Each conversation's last seq before the run: a receiver expects the next one
     first (a later one arriving first -- the receiver's own message, pushed by its
     node before a peer's earlier one came over from another node -- waits)."""
+    acks: _AckTimer = field(default_factory=_AckTimer, hash=False, compare=False, repr=False)
 
     async def connect(self, user: int, credential: str, url: str, local_host: str,
                       events: Events, keepalive_s: float | None) -> TargetConnection:
@@ -323,7 +363,7 @@ class ParleyConnector:
         try:
             async with asyncio.timeout(self.connect_timeout_s + 1.0):
                 _, listener = await ws_connect(
-                    lambda: ParleyConnection(events, self.device, self.bases),
+                    lambda: ParleyConnection(events, self.device, self.bases, self.acks),
                     f"{url}{sep}device={self.device}",
                     extra_headers={"Authorization": f"Bearer {credential}"},
                     websocket_handshake_timeout=self.connect_timeout_s, max_redirects=0,
@@ -352,17 +392,19 @@ class ParleyConnection(WSListener):
     Pushes are de-duplicated by ``(conv, seq)`` and handed on in seq order, as
     the protocol asks a client to show them (an early message waits for the gap
     below it; re-pushes are counted in ``repushed``, not delivered twice); the
-    device acks the highest contiguous seq of each conversation every 50 ms
-    while messages flow.
+    device acks the highest contiguous seq of each conversation at most 50 ms
+    after a message arrived, at most once per conversation per 50 ms.
     """
 
-    __slots__ = ("_ack_due", "_bases", "_convs", "_device", "_events", "_mid_prefix",
+    __slots__ = ("_ack_due", "_acks", "_bases", "_convs", "_device", "_events", "_mid_prefix",
                  "_nonce", "_pending", "_uid", "_ws", "closed_code", "moved_to", "redirects",
                  "repushed", "welcomed")
 
-    def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None) -> None:
+    def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None,
+                 acks: _AckTimer | None = None) -> None:
         self._events = events
         self._bases = bases or {}
+        self._acks = acks if acks is not None else _AckTimer()
         self._device = device
         self._ws: WSTransport | None = None
         self._uid = 0
@@ -476,7 +518,7 @@ class ParleyConnection(WSListener):
             state[0] += 1
             self._deliver(early.pop(state[0]))
         if not self._ack_due:
-            asyncio.get_running_loop().call_later(_ACK_DELAY_S, self.flush_acks)
+            self._acks.add(self)
         self._ack_due.add(conv)
 
     def _deliver(self, m: _PushedMsg | Msg) -> None:

@@ -1,10 +1,11 @@
 """The Parley target's connection, without a server: the frames it writes from
 templates are the codec's, its light decoders read what the protocol's do, pushes
-are handed on in order and acked."""
+are handed on in order and acked once per conversation 50 ms after the first."""
 
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import msgspec
 from picows import WSMsgType
 from picows.picows import _make_test_ws_frame
 
-from parley.bench.targets import ParleyConnection
+from parley.bench.targets import ParleyConnection, ParleyConnector, _AckTimer
 from parley.protocol import (
     Ack,
     ErrorFrame,
@@ -79,10 +80,11 @@ def _msg(seq: int, payload: bytes, sender: int = 7, conv: int = 9) -> bytes:
                       kind="text", body=msgspec.Raw(b'{"text":"' + payload + b'"}'), ts=1))
 
 
-def _connected(bases: dict[int, int] | None = None) -> tuple[ParleyConnection, _Events,
+def _connected(acks: _AckTimer | None = None,
+               bases: dict[int, int] | None = None) -> tuple[ParleyConnection, _Events,
                                                              _Transport]:
     events, ws = _Events(), _Transport()
-    conn = ParleyConnection(events, "bench", bases)
+    conn = ParleyConnection(events, "bench", bases, acks or _AckTimer())
     conn.on_ws_connected(ws)  # type: ignore[arg-type]
     _push(conn, encode(Welcome(uid=UID, device="bench", server_time=1, limits=LIMITS)))
     assert conn.welcomed.done()
@@ -118,14 +120,17 @@ async def test_light_decoders_read_msg_sent_and_the_rest() -> None:
                             ("delivered", b"7.2.99"), ("acked", 8)]
 
 
-async def test_pushes_in_order_without_own_or_repeats_and_acked() -> None:
-    conn, events, ws = _connected(bases={9: 0})
+async def test_pushes_in_order_without_own_or_repeats_and_one_ack_after_50_ms() -> None:
+    acks = _AckTimer()
+    conn, events, ws = _connected(acks, bases={9: 0})
     for seq, sender in ((2, 7), (1, 7), (2, 7), (3, UID), (4, 7)):
         _push(conn, _msg(seq, b"7.%d.1" % seq, sender))
     _push(conn, _msg(1, b"8.1.1", conv=10))
     assert [c[1] for c in events.calls] == [b"7.1.1", b"7.2.1", b"7.4.1", b"8.1.1"]
     assert conn.repushed == 1
     assert ws.sent == []
+    assert acks._handle is not None  # one timer for both conversations, due in 50 ms
+    assert 0.04 < acks._handle.when() - asyncio.get_running_loop().time() <= 0.05
     await asyncio.sleep(0.1)
     assert sorted(ws.sent) == sorted([encode(Ack(conv=9, seq=4)), encode(Ack(conv=10, seq=1))])
     _push(conn, _msg(5, b"7.5.1"))
@@ -133,3 +138,29 @@ async def test_pushes_in_order_without_own_or_repeats_and_acked() -> None:
     assert ws.sent[-1] == encode(Ack(conv=9, seq=5))
     await asyncio.sleep(0.1)
     assert len(ws.sent) == 3
+
+
+async def test_one_ack_timer_serves_every_connection() -> None:
+    acks = _AckTimer()
+    a, _, ws_a = _connected(acks)
+    b, _, ws_b = _connected(acks)
+    _push(a, _msg(1, b"7.1.1"))
+    await asyncio.sleep(0.02)
+    _push(b, _msg(1, b"7.1.1"))
+    _push(b, _msg(2, b"7.2.1"))
+    # each connection is due 50 ms after its own first message, on the same timer
+    (at_a, conn_a), (at_b, conn_b) = acks._due
+    assert (conn_a, conn_b) == (a, b) and at_b - at_a >= 0.02
+    assert acks._handle is not None and acks._handle.when() == at_a
+    await asyncio.sleep(0.1)
+    assert (ws_a.sent, ws_b.sent) == ([encode(Ack(conv=9, seq=1))], [encode(Ack(conv=9, seq=2))])
+    assert acks._handle is None and not acks._due
+
+
+async def test_connector_travels_to_a_worker_without_its_timer() -> None:
+    connector = ParleyConnector(bases={9: 3})
+    conn, _, _ = _connected(connector.acks)
+    _push(conn, _msg(1, b"7.1.1"))
+    copy = pickle.loads(pickle.dumps(connector))
+    assert copy.bases == {9: 3}
+    assert copy.acks is not connector.acks and not copy.acks._due
