@@ -19,7 +19,9 @@ commit, and that promise must hold.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sqlite3
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -59,6 +61,47 @@ _STARTUP_LOCK = 0x5061726C6579  # "Parley"
 WRITER_IDLE_TX_TIMEOUT_MS = 5000
 
 
+class SqliteAppender:
+    """SQLite's connection for the message append, next to the pooled writer.
+
+    Used from the event loop's thread, and for its COMMIT from one worker
+    thread at a time, never both at once: ``lock`` is held for a whole append,
+    and ``committing`` is a COMMIT still running for an append that was
+    cancelled while waiting for it (the next one waits for it first).
+    ``busy_timeout`` 0: a write lock held by the pooled writer makes BEGIN fail
+    at once instead of blocking the loop.
+    """
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute(f"PRAGMA synchronous={synchronous}")
+        c.execute("PRAGMA foreign_keys=ON")
+        c.execute("PRAGMA busy_timeout=0")
+        self.conn = c
+        self.lock = asyncio.Lock()
+        self.committing: asyncio.Future[None] | None = None
+
+    async def settle(self) -> None:
+        """Wait for a COMMIT left running by a cancelled append (its batch was
+        never acknowledged, so its outcome is not needed)."""
+        pending = self.committing
+        if pending is None:
+            return
+        try:
+            await asyncio.wait({pending})
+        finally:
+            if pending.done():
+                self.committing = None
+                if not pending.cancelled():
+                    pending.exception()
+
+    async def close(self) -> None:
+        async with self.lock:
+            await self.settle()
+            self.conn.close()
+
+
 class Database:
     """The engines of one node; built by the composition root, closed by it."""
 
@@ -72,6 +115,8 @@ class Database:
         echo: bool = False,
     ) -> None:
         self.url = normalize_url(url)
+        self._sqlite_synchronous = sqlite_synchronous
+        self._appender: SqliteAppender | None = None
         # One startup lock per schema: clusters sharing a database in different schemas
         # (e.g. test runs) do not wait for each other's start-up.
         self._startup_lock = _STARTUP_LOCK ^ zlib.crc32((pg_schema or "").encode())
@@ -185,8 +230,21 @@ class Database:
             finally:
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._startup_lock})
 
+    def sqlite_appender(self) -> SqliteAppender:
+        """SQLite only: the message append's own connection (see
+        ``MessageStore._append_sqlite``), opened on first use, closed by ``close``."""
+        if self._appender is None:
+            path = self.url.database
+            if not path or path == ":memory:":
+                raise ValueError("the SQLite appender needs a database file")
+            self._appender = SqliteAppender(path, self._sqlite_synchronous)
+        return self._appender
+
     async def close(self) -> None:
         """Close every pooled connection; call once, at shutdown."""
+        if self._appender is not None:
+            await self._appender.close()
+            self._appender = None
         await self.reader.dispose()
         if self.writer is not self.reader:
             await self.writer.dispose()

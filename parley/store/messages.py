@@ -59,12 +59,13 @@ time in the three foreign-key checks per row.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import asyncpg
 from asyncpg.exceptions import OperatorInterventionError
@@ -449,10 +450,21 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def _sqlite_append(c: sqlite3.Connection, batch: Sequence[NewMessage]) -> list[AppendResult]:
-    """``MessageStore.append`` on SQLite, run on the connection's thread: one
-    transaction, BEGIN IMMEDIATE (the write lock first: no upgrade deadlock), the
-    same reads and decisions (``_plan``) as on PostgreSQL, then the writes."""
+def _sqlite_commit(c: sqlite3.Connection) -> None:
+    """COMMIT the append's transaction (on a worker thread); ROLLBACK if it fails."""
+    try:
+        c.execute("COMMIT")
+    except BaseException:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise
+
+
+def _sqlite_write(c: sqlite3.Connection, batch: Sequence[NewMessage]) -> list[AppendResult]:
+    """``MessageStore.append``'s statements on SQLite, up to (not including)
+    COMMIT: BEGIN IMMEDIATE (the write lock first: no upgrade deadlock), the same
+    reads and decisions (``_plan``) as on PostgreSQL, then the writes.  Rolls
+    back and raises on any error."""
     c.execute("BEGIN IMMEDIATE")
     try:
         conv_ids = sorted({m.conversation_id for m in batch})
@@ -481,15 +493,16 @@ def _sqlite_append(c: sqlite3.Connection, batch: Sequence[NewMessage]) -> list[A
         }
         membership: set[tuple[int, int]] = set()
         if pairs:
-            convs = sorted({p[0] for p in pairs})
-            users = sorted({p[1] for p in pairs})
-            for pair in c.execute(
-                "SELECT conversation_id, user_id FROM members "  # noqa: S608
-                f"WHERE conversation_id IN ({_marks(len(convs))}) "
-                f"AND user_id IN ({_marks(len(users))})", [*convs, *users],
+            # CROSS JOIN keeps the batch's pairs outside: one index probe per pair
+            # ("conversation_id IN (...) AND user_id IN (...)" probed every
+            # combination: 18 of a 400-message batch's 30 ms).
+            for cid, uid in c.execute(
+                "SELECT m.conversation_id, m.user_id "  # noqa: S608
+                f"FROM (VALUES {', '.join(['(?, ?)'] * len(pairs))}) AS p "
+                "CROSS JOIN members m ON m.conversation_id = p.column1 AND m.user_id = p.column2",
+                [x for pair in pairs for x in pair],
             ):
-                if pair in pairs:
-                    membership.add(pair)
+                membership.add((cid, uid))
         plan = _plan(batch, tenant_of, last_seq, known, membership)
         if plan.rows:
             c.executemany(
@@ -504,7 +517,6 @@ def _sqlite_append(c: sqlite3.Connection, batch: Sequence[NewMessage]) -> list[A
                 "WHERE tenant_id = ? AND conversation_id = ? AND seq = ?",
                 [(b"", t, cid, seq) for t, cid, seq in plan.tombstones],
             )
-        c.execute("COMMIT")
     except BaseException:
         if c.in_transaction:
             c.execute("ROLLBACK")
@@ -599,30 +611,47 @@ class MessageStore:
         return await self._append_sqlite(batch)
 
     async def _append_sqlite(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
-        """The SQLite append: the whole transaction in ONE hop to the driver's thread.
+        """The SQLite append: the statements on the event loop's thread with the
+        sqlite3 module, the COMMIT (its fsync, and a WAL checkpoint when due) on
+        a worker thread.
 
-        aiosqlite runs each statement on its connection's thread, and every
-        await is a hop there and back (a queue, a thread wake-up, a loop
-        wake-up); through SQLAlchemy Core the append was 9 of them (BEGIN, lock,
-        known ids, membership, bump, insert, read cursors, COMMIT) plus Core's
-        per-statement cost.  Profiled at 2,000 msg/s: aiosqlite's thread 25% of
-        the node's samples and the Core append 9%, and 5,000 msg/s was not
-        sustained.  Here one function runs the transaction with the sqlite3 module
-        on that thread (``aiosqlite.Connection._execute``: private, hence the
-        pinned aiosqlite; tests/store covers this path on every run).
+        Why: through SQLAlchemy Core and aiosqlite the append was 9 hops to the
+        driver's thread (BEGIN, 7 statements, COMMIT); run there in one hop it
+        still took 40-120 us per message, 3-5x its time alone, because every
+        sqlite3 step hands the GIL to that thread and back while the loop's
+        thread is busy.  Measured at 5,000 msg/s (1,000 users): commits of 512
+        messages took 110-145 ms and the rate was not sustained; here a batch
+        costs ~40 us per message of the loop's time and commits of ~30 messages
+        take ~2 ms.  The fsync stays off the loop (a slow disk must not stall
+        every socket).
+
+        The connection is the database's ``sqlite_appender``; the pooled writer
+        (other writes: cursors, the API) is a second connection.  BEGIN
+        IMMEDIATE does not wait (busy_timeout 0): when the pooled writer holds
+        the lock, the append waits for that pool's connection instead -- while
+        it holds it, no other writer of this node can -- and begins again.
         """
-        async with self._db.writer.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
-            try:
-                return cast(
-                    list[AppendResult],
-                    await raw._execute(_sqlite_append, raw._conn, batch),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise IntegrityError("append", None, exc) from exc
-            except sqlite3.Error as exc:
-                raise DBAPIError("append", None, exc) from exc
+        appender = self._db.sqlite_appender()
+        c = appender.conn
+        try:
+            async with appender.lock:
+                await appender.settle()
+                try:
+                    results = _sqlite_write(c, batch)
+                except sqlite3.OperationalError as exc:
+                    if c.in_transaction or "locked" not in str(exc):
+                        raise
+                    async with self._db.writer.connect():
+                        results = _sqlite_write(c, batch)
+                commit = asyncio.get_running_loop().run_in_executor(None, _sqlite_commit, c)
+                appender.committing = commit
+                await asyncio.shield(commit)
+                appender.committing = None
+                return results
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError("append", None, exc) from exc
+        except sqlite3.Error as exc:
+            raise DBAPIError("append", None, exc) from exc
 
     async def _append_pg(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
         """The PostgreSQL append through asyncpg (``pgappend``): one statement in
