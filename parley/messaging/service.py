@@ -137,9 +137,10 @@ class SendOrder:
     def __init__(self) -> None:
         self._tail: asyncio.Future[None] | None = None
 
-    def turn(self) -> SendTurn:
+    def turn(self, loop: asyncio.AbstractEventLoop | None = None) -> SendTurn:
+        """The next send's turn (``loop``: the running loop, when the caller has it)."""
         tail = self._tail
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        mine: asyncio.Future[None] = (loop or asyncio.get_running_loop()).create_future()
         self._tail = mine
         return SendTurn(None if tail is None or tail.done() else tail, mine)
 
