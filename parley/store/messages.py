@@ -460,6 +460,30 @@ def _sqlite_commit(c: sqlite3.Connection) -> None:
         raise
 
 
+def _locked(c: sqlite3.Connection, exc: sqlite3.OperationalError) -> bool:
+    """BEGIN IMMEDIATE found another connection's write lock (nothing was done)."""
+    return not c.in_transaction and "locked" in str(exc)
+
+
+async def _sqlite_write_when_free(
+    c: sqlite3.Connection, batch: Sequence[NewMessage], *, wait_s: float = 30.0,
+) -> list[AppendResult]:
+    """``_sqlite_write`` once no other connection holds the write lock -- another
+    process on the same file (``parley user create`` while a node runs) -- retried
+    with a short backoff instead of SQLite's busy wait, which would block the
+    loop; gives up after ``wait_s`` as ``busy_timeout`` did."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.001
+    while True:
+        try:
+            return _sqlite_write(c, batch)
+        except sqlite3.OperationalError as exc:
+            if not _locked(c, exc) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _sqlite_write(c: sqlite3.Connection, batch: Sequence[NewMessage]) -> list[AppendResult]:
     """``MessageStore.append``'s statements on SQLite, up to (not including)
     COMMIT: BEGIN IMMEDIATE (the write lock first: no upgrade deadlock), the same
@@ -639,10 +663,10 @@ class MessageStore:
                 try:
                     results = _sqlite_write(c, batch)
                 except sqlite3.OperationalError as exc:
-                    if c.in_transaction or "locked" not in str(exc):
+                    if not _locked(c, exc):
                         raise
                     async with self._db.writer.connect():
-                        results = _sqlite_write(c, batch)
+                        results = await _sqlite_write_when_free(c, batch)
                 commit = asyncio.get_running_loop().run_in_executor(None, _sqlite_commit, c)
                 appender.committing = commit
                 await asyncio.shield(commit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import sqlite3
 
 import pytest
 from sqlalchemy import select, text
@@ -389,3 +390,25 @@ async def test_append_switches_to_generic_plans_once_messages_is_big(
     async with db.writer.connect() as conn:
         mode = (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar()
     assert mode == f"force_{expected}_plan"
+
+
+async def test_sqlite_append_waits_for_another_process_write_lock(db: Database) -> None:
+    """Another connection (another process on the same file) holds the write
+    lock: the append neither fails nor blocks the loop; it commits once freed."""
+    if db.backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    world = await World(db).setup()
+    path = db.url.database
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        append = asyncio.create_task(world.store.append([msg(world.tid, world.ab, world.a)]))
+        for _ in range(20):  # the loop keeps running while the append waits
+            await asyncio.sleep(0)
+        assert not append.done()
+        other.execute("COMMIT")
+        results = await asyncio.wait_for(append, 10)
+    finally:
+        other.close()
+    assert results[0].status == "created" and results[0].seq == 1
