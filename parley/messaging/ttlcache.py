@@ -150,10 +150,14 @@ class TtlCache(Generic[K, V]):
         async def refresh() -> None:
             try:
                 value = await self._loader(key)
-            except Exception as exc:  # noqa: BLE001 - the old value serves until it expires
+            except BaseException as exc:  # the old value serves until it expires
+                # Settled even when cancelled (shutdown): a caller of load() whose
+                # entry expired meanwhile waits on this future.
                 log.debug("refreshing a cache entry failed: %r", exc)
                 self._end(key, fut, exc=exc)
                 self._retry_later(key)
+                if not isinstance(exc, Exception):
+                    raise
             else:
                 self._end(key, fut, value=value)
 

@@ -36,11 +36,15 @@ statement run in autocommit (one round trip, committed before it answers);
 the others go as two statements (one read, one write of data-modifying CTEs)
 in four round trips with BEGIN and COMMIT -- both through asyncpg directly
 (``parley.store.pgappend`` says why).  Each takes all rows at
-once through ``unnest()`` of array parameters, and the transaction plans every
-statement for its actual parameters (``plan_cache_mode = force_custom_plan``, a setting of the
-writer's connections, see ``parley.store.database``): a generic plan of the id
-lookup, chosen while the table was small, scans a tenant's rows comparing each
-with every id of the batch.
+once through ``unnest()`` of array parameters.  Until ``messages`` is big, the
+writer's connections plan every statement for its actual parameters
+(``force_custom_plan``, see ``parley.store.database``): a generic plan of the
+id lookup, chosen while the table was small, scans a tenant's rows comparing
+each with every id of the batch; past ``GENERIC_PLANS_AFTER_BYTES`` the append
+switches to generic plans (``MessageStore`` says why).  On SQLite the
+transaction runs with the sqlite3 module on a connection of its own, its
+statements on the event loop's thread and its COMMIT on a worker thread
+(``MessageStore._append_sqlite`` says why).
 
 Measured on the 2-core development VM (PostgreSQL 15 on the same cores, other
 test suites running alongside, so figures vary about 2x between runs), ``append``
@@ -54,7 +58,7 @@ Through ``WriteBatcher`` (1,000 concurrent submitters, 500 conversations):
 SQLite 10,000-13,800 msg/s; PostgreSQL 6,000-8,100 (1 partition), 9,000-10,800
 (4 partitions).  On PostgreSQL the client spends ~37 us of CPU per message
 (mostly asyncpg encoding the arrays); the server's INSERT spends about half its
-time in the three foreign-key checks per row.
+time in the three foreign-key checks per row (dropped since, migration 0008).
 """
 
 from __future__ import annotations

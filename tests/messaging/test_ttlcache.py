@@ -194,3 +194,25 @@ async def test_fresh_never_waits_and_starts_the_due_reload() -> None:
     assert load.calls == 2 and cache.fresh("k") == "v1"
     clock.advance(10_000)
     assert cache.fresh("k") is None  # expired: only load() may wait for it
+
+
+async def test_a_cancelled_refresh_does_not_strand_a_waiter() -> None:
+    clock = ManualClock()
+    load = Loader(gated=True)
+    cache: TtlCache[str, str] = TtlCache(
+        clock, 10.0, 100, load, refresh_fraction=0.5, jitter=0.0
+    )
+    first = asyncio.create_task(cache.load("k"))
+    await _settle()
+    load.gates[0].set()
+    assert await first == "v0"
+    clock.advance(6_000)
+    assert cache.fresh("k") == "v0"  # starts the background reload (gated)
+    await _settle()
+    clock.advance(5_000)  # expired while reloading: load() waits on the reload
+    waiter = asyncio.create_task(cache.load("k"))
+    await _settle()
+    for task in list(cache._refreshing):
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, 5)
