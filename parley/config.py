@@ -185,6 +185,11 @@ class Settings(BaseSettings):
         description="Drop a socket that has not sent its WebSocket upgrade request by then "
         "(counted in parley_ws_connects_total{outcome=\"handshake_timeout\"}).",
     )
+    gc_freeze_after_ms: float = Field(
+        20.0, ge=0, le=60_000,
+        description="Freeze the heap that survived a full garbage collection slower than this, "
+        "so later ones walk only newer objects (0: never; pauses in parley_gc_pause_seconds).",
+    )
     send_rate_per_s: float = Field(100.0, gt=0, description="Sends per second per connection.")
     user_send_rate_per_s: float = Field(200.0, gt=0, description="Sends per second per user.")
     repush_timeout_ms: int = Field(

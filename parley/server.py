@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
 import os
 import signal
@@ -43,6 +42,7 @@ from parley.cluster.slots import SLOTS
 from parley.config import Settings
 from parley.errors import ConfigError, StartupError
 from parley.gateway import GatewayConfig, GatewayServer
+from parley.heap import HeapKeeper, freeze_startup_heap
 from parley.hub import LocalHub
 from parley.messaging import (
     FrontConfig,
@@ -449,19 +449,6 @@ class Node:
         print(line, file=self.out, flush=True)
 
 
-def _freeze_heap() -> None:
-    """Move everything allocated while starting into the collector's permanent generation.
-
-    Imports, settings, routes and caches leave ~170,000 long-lived objects;
-    a full collection walks every one of them (105 ms measured at the end of
-    startup), and a node holding thousands of connections runs one whenever
-    enough new objects have survived.  Frozen, a full collection walks only
-    what was allocated after startup.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
     """Run a node until SIGINT or SIGTERM, then shut down gracefully; returns 0."""
     loop = asyncio.get_running_loop()
@@ -473,7 +460,10 @@ async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stopping.set))
     node = Node(settings, out=out)
     await node.start()
-    _freeze_heap()
+    keeper = HeapKeeper(freeze_after_s=settings.gc_freeze_after_ms / 1000)
+    node.metrics.registry.register(keeper)
+    freeze_startup_heap()
+    keeper.install()
     node._say(
         f"Parley {__version__} serving on http://{settings.host}:{node.http_port} "
         f"(WebSocket ws://{settings.host}:{node.ws_port}/v1/ws; "
@@ -483,5 +473,6 @@ async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
     await stopping.wait()
     node._say("Shutting down: draining connections and flushing writes...")
     await asyncio.wait_for(node.stop(), timeout=settings.shutdown_timeout_s * 3)
+    keeper.uninstall()
     node._say("Stopped.")
     return 0

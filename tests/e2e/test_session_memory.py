@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from parley.client import ParleyClient
 from parley.messaging.wsfront import DeviceSession
 from parley.server import Node
 from tests.e2e.conftest import World
+from tests.waiting import until
 
 
 def _session(node: Node, user_id: int) -> DeviceSession:
@@ -35,3 +37,40 @@ async def test_idle_devices_hold_no_per_use_state(node: Node) -> None:
         assert sender.typing_at is None
         assert receiver.inflight is not None  # built by the push
         assert receiver.send_bucket is None and receiver.send_order is None
+
+
+def _alive(types: tuple[type, ...]) -> int:
+    return sum(isinstance(o, types) for o in gc.get_objects())
+
+
+async def test_a_closed_device_is_freed_without_the_cycle_collector(node: Node) -> None:
+    """The node freezes its long-lived heap (parley.heap): a frozen object in a
+    garbage cycle would never be reclaimed.  A device that connected, sent,
+    received, typed and closed must be freed by reference counting alone."""
+    from parley.gateway.connection import WsConnection
+    from parley.gateway.server import _GatewayProtocol
+    from parley.protocol.inflight import InflightTracker
+
+    server_side = (DeviceSession, WsConnection, _GatewayProtocol, InflightTracker)
+    w = World(node)
+    a, b = await w.user("carol"), await w.user("dave")
+    conv = (await w.direct(a, b)).id
+    gc.collect()
+    gc.disable()
+    try:
+        before = _alive(server_side)
+        async with ParleyClient(w.ws_url, w.token(a), "c1") as carol, \
+                ParleyClient(w.ws_url, w.token(b), "d1") as dave:
+            assert _alive(server_side) > before
+            await carol.typing(conv)
+            sent = await carol.send(conv, "text", {"text": "hi"})
+            async with asyncio.timeout(10):
+                async for ev in dave.events():
+                    if getattr(ev, "seq", None) == sent.seq:
+                        break
+            await dave.send(conv, "text", {"text": "back"})
+        await until(lambda: _alive(server_side) <= before, interval=0.05,
+                    what="the closed devices' server-side objects freed")
+        assert _alive(server_side) == before
+    finally:
+        gc.enable()
