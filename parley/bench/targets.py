@@ -46,10 +46,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import secrets
+import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, Protocol, cast
 
 import msgspec
@@ -60,6 +63,7 @@ from picows import (
     WSHandshakeError,
     WSListener,
     WSMsgType,
+    WSParsedURL,
     WSTransport,
     ws_connect,
 )
@@ -367,7 +371,8 @@ class ParleyConnector:
                     f"{url}{sep}device={self.device}",
                     extra_headers={"Authorization": f"Bearer {credential}"},
                     websocket_handshake_timeout=self.connect_timeout_s, max_redirects=0,
-                    read_buffer_init_size=self.read_buffer, local_addr=(local_host, 0),
+                    read_buffer_init_size=self.read_buffer,
+                    socket_factory=partial(connected_socket, local_host),
                     logger_name="parley.bench.picows", **ping,
                 )
                 if not isinstance(listener, ParleyConnection):  # seen under heavy load
@@ -384,6 +389,45 @@ class ParleyConnector:
             raise ConnectFailed(f"os_{code}" if code else type(exc).__name__, str(exc)) from None
         assert conn is not None
         return conn
+
+
+# Linux: let connect(), not bind(), pick the source port.
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+async def connected_socket(local_host: str, url: WSParsedURL) -> socket.socket:
+    """A TCP socket from ``local_host`` connected to ``url``'s host and port.
+
+    Binding to (host, 0) makes the kernel choose the port at bind time, unique
+    for the source address whatever the destination, searching the bound
+    ports one by one: a worker holding 15,000 connections from one address
+    spent milliseconds per bind with its loop blocked, so sockets it had
+    already connected sent their upgrade request seconds late and the nodes
+    dropped them at their 5 s handshake deadline (c100k, 28 November: every
+    failure of runs 7-12; py-spy showed the workers in ``sock.bind``).  With
+    IP_BIND_ADDRESS_NO_PORT the port is chosen at connect time, per
+    destination, in constant time.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if sys.platform == "linux":
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((local_host, 0))
+        loop = asyncio.get_running_loop()
+        host, port = str(url.host), int(url.port)
+        try:
+            socket.inet_aton(host)
+            address: Any = (host, port)
+        except OSError:  # a name, e.g. localhost (no resolver hop for an address)
+            (*_, address), *_ = await loop.getaddrinfo(
+                host, port, family=socket.AF_INET, type=socket.SOCK_STREAM
+            )
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class ParleyConnection(WSListener):
