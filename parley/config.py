@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     )
     commit_partitions: int = Field(
         4, ge=1, le=64,
-        description="Independent group-commit loops on PostgreSQL (SQLite always uses 1).",
+        description="Independent group-commit loops on PostgreSQL (SQLite always uses 1; "
+        "`serve --nodes N` gives each node 4 // N unless this is set).",
     )
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = Field(
         "FULL", description="FULL keeps every acknowledged message across a power loss."

@@ -1,0 +1,46 @@
+"""How ``parley serve --nodes N`` lays out its nodes (no process started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parley.cluster.local import plan_nodes
+from parley.config import Settings, load_settings
+from parley.errors import ConfigError
+
+PG = "postgresql://parley:parley@127.0.0.1/parley"
+
+
+def _settings(tmp_path: Path, **extra: object) -> Settings:
+    return load_settings(None, {"data_dir": tmp_path, "port": 9000, "database_url": PG,
+                                "cluster_secret": "s" * 32, **extra})
+
+
+@pytest.mark.parametrize(("nodes", "each"), [(1, "4"), (2, "2"), (3, "1"), (6, "1")])
+def test_nodes_share_the_default_concurrent_commits(
+    tmp_path: Path, nodes: int, each: str
+) -> None:
+    plans = plan_nodes(_settings(tmp_path), nodes)
+    assert [p.env["PARLEY_COMMIT_PARTITIONS"] for p in plans] == [each] * nodes
+
+
+def test_a_configured_commit_partitions_is_left_to_every_node(tmp_path: Path) -> None:
+    plans = plan_nodes(_settings(tmp_path, commit_partitions=3), 6)
+    assert all("PARLEY_COMMIT_PARTITIONS" not in p.env for p in plans)
+
+
+def test_ports_and_addresses_follow_the_base_port(tmp_path: Path) -> None:
+    plans = plan_nodes(_settings(tmp_path), 3)
+    assert [(p.port, p.ws_port, p.raft_addr, p.link_addr) for p in plans] == [
+        (9000 + 10 * i, 9001 + 10 * i, f"127.0.0.1:{9002 + 10 * i}", f"127.0.0.1:{9003 + 10 * i}")
+        for i in range(3)
+    ]
+    assert plans[0].env["PARLEY_CLUSTER_PEERS"] == "127.0.0.1:9002,127.0.0.1:9012,127.0.0.1:9022"
+
+
+def test_sqlite_cannot_run_several_nodes(tmp_path: Path) -> None:
+    s = load_settings(None, {"data_dir": tmp_path, "port": 9000})
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        plan_nodes(s, 2)
