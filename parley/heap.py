@@ -5,8 +5,8 @@ objects that survived into the old generation grew by a quarter since the last
 one, and each full collection walks *every* tracked object that is not frozen.
 A node's long-lived objects are mostly its connections (~22 tracked objects
 each); a node holding 16,500 of them paused 0.9-1.1 s per full collection in
-the c100k run, and a ramp to that size ran about eight of them.  Those pauses
-are what clients saw as upgrade timeouts and multi-second send latencies.
+the c100k run, and a ramp to that size ran about eight of them, each one
+stalling every socket of the node.
 
 ``HeapKeeper`` freezes (``gc.freeze``) what survived a full collection that
 took longer than ``freeze_after_s``: those objects are alive by definition and

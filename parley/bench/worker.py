@@ -46,7 +46,6 @@ from hdrh.histogram import HdrHistogram
 
 from parley.bench.checker import ReceiveChecker, SendLedger
 from parley.bench.targets import ConnectFailed, Connector, TargetConnection
-from parley.heap import HeapKeeper
 
 __all__ = ["Report", "UserSpec", "WorkerSpec", "new_histogram", "worker_main"]
 
@@ -377,17 +376,7 @@ async def _main(spec: WorkerSpec, pipe: Connection) -> None:
     loop.call_later(spec.deadline_s, os._exit, 3)
     w = _Worker(spec, pipe)
     threading.Thread(target=w.read_commands, args=(loop,), daemon=True).start()
-    # While connecting, the collector stays on (failed attempts leave cycles),
-    # but what survived a slow full collection is frozen: a worker opening
-    # 15,000 connections otherwise paused for seconds in full collections,
-    # sockets it had opened sent their upgrade request too late, and the nodes
-    # dropped them at their handshake deadline (c100k, 28 November).
-    keeper = HeapKeeper(freeze_after_s=0.005)
-    keeper.install()
-    try:
-        await w.connect_all()
-    finally:
-        keeper.uninstall()
+    await w.connect_all()
     gc.collect()
     gc.freeze()
     gc.disable()

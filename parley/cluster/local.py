@@ -48,7 +48,8 @@ from parley.errors import ConfigError
 __all__ = ["LocalCluster", "NodePlan", "plan_nodes"]
 
 PORT_STEP = 10
-COMMITS_PER_CLUSTER = 4  # concurrent commits of all local nodes together, by default
+# Concurrent commits of all local nodes together, by default: one node's default.
+COMMITS_PER_CLUSTER: int = Settings.model_fields["commit_partitions"].default
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,10 @@ import asyncio
 import gc
 
 from parley.client import ParleyClient
+from parley.gateway.connection import WsConnection
+from parley.gateway.server import _GatewayProtocol
 from parley.messaging.wsfront import DeviceSession
+from parley.protocol.inflight import InflightTracker
 from parley.server import Node
 from tests.e2e.conftest import World
 from tests.waiting import until
@@ -47,10 +50,6 @@ async def test_a_closed_device_is_freed_without_the_cycle_collector(node: Node) 
     """The node freezes its long-lived heap (parley.heap): a frozen object in a
     garbage cycle would never be reclaimed.  A device that connected, sent,
     received, typed and closed must be freed by reference counting alone."""
-    from parley.gateway.connection import WsConnection
-    from parley.gateway.server import _GatewayProtocol
-    from parley.protocol.inflight import InflightTracker
-
     server_side = (DeviceSession, WsConnection, _GatewayProtocol, InflightTracker)
     w = World(node)
     a, b = await w.user("carol"), await w.user("dave")

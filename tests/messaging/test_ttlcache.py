@@ -37,6 +37,21 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _gated_and_loaded(
+    clock: ManualClock, refresh_fraction: float
+) -> tuple[TtlCache[str, str], Loader]:
+    """A cache over a gated loader, with "k" loaded once (its gate opened)."""
+    load = Loader(gated=True)
+    cache: TtlCache[str, str] = TtlCache(
+        clock, 10.0, 100, load, refresh_fraction=refresh_fraction, jitter=0.0
+    )
+    first = asyncio.create_task(cache.load("k"))
+    await _settle()
+    load.gates[0].set()
+    assert await first == "v0"
+    return cache, load
+
+
 async def test_hit_then_expiry_reloads() -> None:
     clock = ManualClock()
     load = Loader()
@@ -66,14 +81,7 @@ async def test_concurrent_misses_share_one_load() -> None:
 
 async def test_refresh_ahead_serves_the_old_value_and_reloads_once() -> None:
     clock = ManualClock()
-    load = Loader(gated=True)
-    cache: TtlCache[str, str] = TtlCache(
-        clock, 10.0, 100, load, refresh_fraction=0.25, jitter=0.0
-    )
-    first = asyncio.create_task(cache.load("k"))
-    await _settle()
-    load.gates[0].set()
-    assert await first == "v0"
+    cache, load = await _gated_and_loaded(clock, 0.25)
 
     clock.advance(7_400)  # before the last quarter: a plain hit
     assert await cache.load("k") == "v0"
@@ -198,14 +206,7 @@ async def test_fresh_never_waits_and_starts_the_due_reload() -> None:
 
 async def test_a_cancelled_refresh_does_not_strand_a_waiter() -> None:
     clock = ManualClock()
-    load = Loader(gated=True)
-    cache: TtlCache[str, str] = TtlCache(
-        clock, 10.0, 100, load, refresh_fraction=0.5, jitter=0.0
-    )
-    first = asyncio.create_task(cache.load("k"))
-    await _settle()
-    load.gates[0].set()
-    assert await first == "v0"
+    cache, _ = await _gated_and_loaded(clock, 0.5)
     clock.advance(6_000)
     assert cache.fresh("k") == "v0"  # starts the background reload (gated)
     await _settle()
