@@ -374,12 +374,13 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
     from parley.bench.stats import machine, versions
     from parley.bench.worker import new_histogram
 
-    ack, deliver, lag = new_histogram(), new_histogram(), new_histogram()
+    ack, deliver, lag, sent_deliver = (new_histogram() for _ in range(4))
     warm = Warmup(0.0)
     for r in results:
         ack.add(r.ack)
         deliver.add(r.deliver)
         lag.add(r.lag)
+        sent_deliver.add(r.sent_deliver)
         warm.add(r.warmup)
     steps = [r.as_dict() for r in results]
     total = {k: sum(s[k] for s in steps) for k in
@@ -400,6 +401,7 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
         "deliveries_per_s": max(0, total["delivered"] - warm.delivered) / run_s,
         "warmup": warm.as_dict(),
         "ack_ms": percentiles(ack), "deliver_ms": percentiles(deliver),
+        "deliver_from_send_ms": percentiles(sent_deliver),
         "cdf": {"ack": cdf(ack), "deliver": cdf(deliver)},
         "connections": {
             "requested": shape.topology.users, "open": open_at_full,

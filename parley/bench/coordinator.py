@@ -83,6 +83,7 @@ class PhaseResult:
     ack: HdrHistogram
     deliver: HdrHistogram
     lag: HdrHistogram
+    sent_deliver: HdrHistogram
     client_cpu_s: float
     server_cpu_s: float
     errors: dict[str, int]
@@ -101,6 +102,7 @@ class PhaseResult:
             "throughput_per_s": max(0, v.acked - w.acked) / d,
             "deliveries_per_s": max(0, v.delivered - w.delivered) / d,
             "ack_ms": percentiles(self.ack), "deliver_ms": percentiles(self.deliver),
+            "deliver_from_send_ms": percentiles(self.sent_deliver),
             "client_lag_ms": percentiles(self.lag), "client_cpu_s": self.client_cpu_s,
             "client_cpu_us_per_msg": _per(self.client_cpu_s, v.sent + v.delivered),
             "server_cpu_s": self.server_cpu_s,
@@ -178,12 +180,14 @@ class _Totals:
     ack: HdrHistogram = field(default_factory=new_histogram)
     deliver: HdrHistogram = field(default_factory=new_histogram)
     lag: HdrHistogram = field(default_factory=new_histogram)
+    sent_deliver: HdrHistogram = field(default_factory=new_histogram)
     connect: HdrHistogram = field(default_factory=new_histogram)
     warm_ack: HdrHistogram = field(default_factory=new_histogram)
     warm_deliver: HdrHistogram = field(default_factory=new_histogram)
 
     def add(self, r: Report) -> None:
-        for name in ("ack", "deliver", "lag", "connect", "warm_ack", "warm_deliver"):
+        for name in ("ack", "deliver", "lag", "sent_deliver", "connect", "warm_ack",
+                     "warm_deliver"):
             data = getattr(r, f"{name}_hist")
             if data:
                 getattr(self, name).add(HdrHistogram.decode(data))
@@ -360,7 +364,7 @@ class Coordinator:
                       self.phase.warm_ack, self.phase.warm_deliver)
         return PhaseResult(
             phase.rate, phase.duration_s, v, self.phase.ack, self.phase.deliver, self.phase.lag,
-            self.client_cpu() - cpu0,
+            self.phase.sent_deliver, self.client_cpu() - cpu0,
             (srv1.cpu_s - srv0.cpu_s) if srv0 and srv1 else 0.0, errors, drained, warm,
         )
 

@@ -56,6 +56,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"send->deliver ms p50 {d['p50']:.2f} p90 {d['p90']:.2f} p99 {d['p99']:.2f} "
         f"p99.9 {d['p999']:.2f} max {d['max']:.2f}",
     ]
+    fs = r.get("deliver_from_send_ms")
+    if fs and fs.get("count"):
+        lines.append(f"  from the frame's write (client lag left out): p50 {fs['p50']:.2f} "
+                     f"p90 {fs['p90']:.2f} p99 {fs['p99']:.2f} p99.9 {fs['p999']:.2f}")
     w = r.get("warmup", {})
     if w.get("duration_s"):
         lines.append(f"warm-up {w['duration_s']:g} s (checked, latencies apart): sent "

@@ -16,7 +16,12 @@ a stall (server or client) shows up in the percentiles instead of silently
 slowing the schedule.  The worker wakes at most once a millisecond (libuv's
 timer resolution; waking more often was a busy loop) and sends everything due
 by then, each timed from its own intended time; ``lag`` records how late the
-worker itself was (up to about 1-2 ms by design).
+worker itself was (up to about 1-2 ms by design).  Each payload also carries
+how late its own send was, so a delivery is timed twice: from the intended
+time (``deliver``, what a user waiting on the schedule sees) and from the
+moment the frame was written (``sent_deliver``: the server and the network,
+without the worker's timer granularity).  The schedule stays open either way:
+a server stall never delays a send, so it shows up in both.
 
 **Warm-up**: a run with ``warmup_s`` sends on the same schedule for that long
 before its measured ``duration_s``.  A message whose intended time falls in the
@@ -106,6 +111,9 @@ class Report:
     deliver_hist: bytes = b""
     connect_hist: bytes = b""
     lag_hist: bytes = b""
+    sent_deliver_hist: bytes = b""
+    """Send->deliver from the moment the frame was written (the worker's own
+    lateness, ``lag``, left out); ``deliver_hist`` counts from the intended time."""
     redirects: int = 0
     """Redirects followed before connections were accepted (``conn.redirects``)."""
     warm_sent: int = 0
@@ -138,7 +146,9 @@ class _User:
         if intended_ns < w.measure_from:
             w.warm_sent += 1
         if self.conn is not None and self.conv is not None:
-            self.conn.send(self.conv, b"%d.%d.%d" % (self.index, seq, intended_ns), seq)
+            late_us = (time.monotonic_ns() - intended_ns) // 1000
+            self.conn.send(self.conv, b"%d.%d.%d.%d" % (self.index, seq, intended_ns, late_us),
+                           seq)
 
     # -- Events ------------------------------------------------------------------
     def acked(self, token: int) -> None:
@@ -164,15 +174,16 @@ class _User:
 
     def delivered(self, payload: bytes) -> None:
         w = self.w
-        s, q, t = payload.split(b".")
+        s, q, t, late = payload.split(b".")
         intended = int(t)
         w.delivered += 1
-        us = min((time.monotonic_ns() - intended) // 1000 or 1, HIST_MAX_US)
+        us = (time.monotonic_ns() - intended) // 1000
         if w.warm_from <= intended < w.measure_from:
             w.warm_delivered += 1
-            w.warm_deliver_hist.record_value(us)
+            w.warm_deliver_hist.record_value(min(us or 1, HIST_MAX_US))
         else:
-            w.deliver_hist.record_value(us)
+            w.deliver_hist.record_value(min(us or 1, HIST_MAX_US))
+            w.sent_deliver_hist.record_value(min(max(us - int(late), 1), HIST_MAX_US))
         w.checker.record(int(s), self.index, int(q))
 
     def closed(self, code: int, reason: str) -> None:
@@ -202,6 +213,7 @@ class _Worker:
         self.deliver_hist = new_histogram()
         self.connect_hist = new_histogram()
         self.lag_hist = new_histogram()
+        self.sent_deliver_hist = new_histogram()
         self.warm_ack_hist = new_histogram()
         self.warm_deliver_hist = new_histogram()
         self.interval_s = spec.interval_s
@@ -217,6 +229,7 @@ class _Worker:
         deliver, self.deliver_hist = _take(self.deliver_hist)
         connect, self.connect_hist = _take(self.connect_hist)
         lag, self.lag_hist = _take(self.lag_hist)
+        sent_deliver, self.sent_deliver_hist = _take(self.sent_deliver_hist)
         warm_ack, self.warm_ack_hist = _take(self.warm_ack_hist)
         warm_deliver, self.warm_deliver_hist = _take(self.warm_deliver_hist)
         return Report(
@@ -226,7 +239,8 @@ class _Worker:
             expected=self.expected, duplicates=self.checker.duplicates, cpu_s=time.process_time(),
             errors=dict(self.errors), closes=dict(self.closes),
             ack_hist=ack, deliver_hist=deliver, connect_hist=connect, lag_hist=lag,
-            redirects=self.redirects, warm_sent=self.warm_sent, warm_acked=self.warm_acked,
+            sent_deliver_hist=sent_deliver, redirects=self.redirects,
+            warm_sent=self.warm_sent, warm_acked=self.warm_acked,
             warm_delivered=self.warm_delivered, warm_ack_hist=warm_ack,
             warm_deliver_hist=warm_deliver,
         )

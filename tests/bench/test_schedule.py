@@ -32,12 +32,14 @@ def worker() -> Iterator[_Worker]:
 class _Conn:
     def __init__(self, fail: bool = False) -> None:
         self.sends: list[tuple[int, int]] = []  # (token, when sent)
+        self.payloads: list[bytes] = []
         self.fail = fail
 
     def send(self, conv: str, payload: bytes, token: int) -> None:
         if self.fail:
             raise RuntimeError("boom")
         self.sends.append((token, time.monotonic_ns()))
+        self.payloads.append(payload)
 
     def close(self) -> None:
         pass
@@ -84,3 +86,25 @@ async def test_a_report_takes_each_histogram_delta(worker: _Worker) -> None:
     assert first.ack_hist and first.lag_hist and worker.ack_hist.get_total_count() == 0
     second = worker.report()
     assert second.ack_hist == b"" and second.sent == first.sent
+
+
+async def test_a_delivery_is_timed_from_its_intended_time_and_from_its_write(
+        worker: _Worker) -> None:
+    conns = [_Conn(), _Conn()]
+    for u, c in zip(worker.users, conns, strict=True):
+        u.conn = c
+    await worker.run(time.monotonic_ns(), 0.05, 1000.0)
+    c = conns[0]
+    due = worker.ledger.inflight[0]
+    for (token, sent_at), payload in zip(c.sends, c.payloads, strict=True):
+        index, seq, intended, late_us = (int(x) for x in payload.split(b"."))
+        assert (index, seq, intended) == (0, token, due[token])
+        assert 0 <= late_us * 1000 <= sent_at - intended  # how late this send was written
+    # A delivery of a send written 30 ms late, arriving 50 ms after its intended time:
+    # 50 ms from the intended time, 20 ms from the write.
+    intended = time.monotonic_ns() - 50_000_000
+    worker.users[1].delivered(b"0.99.%d.30000" % intended)
+    from_intended = worker.deliver_hist.get_max_value()
+    from_write = worker.sent_deliver_hist.get_max_value()
+    assert 50_000 <= from_intended < 60_000
+    assert from_write == pytest.approx(from_intended - 30_000, abs=100)

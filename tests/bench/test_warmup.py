@@ -25,14 +25,14 @@ async def test_warmup_messages_are_checked_but_not_timed() -> None:
         for sender, peer in (w.users, w.users[::-1]):
             for seq, intended in sorted(w.ledger.inflight[sender.index].items()):
                 sender.acked(seq)
-                peer.delivered(b"%d.%d.%d" % (sender.index, seq, intended))
+                peer.delivered(b"%d.%d.%d.0" % (sender.index, seq, intended))
     finally:
         parent.close()
         child.close()
     assert w.sent == 100 and w.warm_sent == 50
     # Latencies: only the measured half; the warm-up's kept apart.
     assert w.ack_hist.get_total_count() == 50 and w.warm_ack_hist.get_total_count() == 50
-    assert w.deliver_hist.get_total_count() == 50
+    assert w.deliver_hist.get_total_count() == 50 == w.sent_deliver_hist.get_total_count()
     assert w.warm_deliver_hist.get_total_count() == 50 == w.warm_delivered
     # Correctness: every message, warm-up included.
     v = verdict(w.ledger.summary(), w.checker.summary(), {0: (1,), 1: (0,)})
