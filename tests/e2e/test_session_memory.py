@@ -42,8 +42,10 @@ async def test_idle_devices_hold_no_per_use_state(node: Node) -> None:
         assert receiver.send_bucket is None and receiver.send_order is None
 
 
-def _alive(types: tuple[type, ...]) -> int:
-    return sum(isinstance(o, types) for o in gc.get_objects())
+def _alive(types: tuple[type, ...], old: set[int] | None = None) -> int:
+    """How many objects of ``types`` exist, leaving out those whose id is in ``old``."""
+    return sum(isinstance(o, types) and (old is None or id(o) not in old)
+               for o in gc.get_objects())
 
 
 async def test_a_closed_device_is_freed_without_the_cycle_collector(node: Node) -> None:
@@ -55,12 +57,15 @@ async def test_a_closed_device_is_freed_without_the_cycle_collector(node: Node) 
     a, b = await w.user("carol"), await w.user("dave")
     conv = (await w.direct(a, b)).id
     gc.collect()
+    # Objects of earlier tests may still be alive and go away meanwhile: count only
+    # this test's (the old ones are held here, so their ids cannot be reused).
+    held = [o for o in gc.get_objects() if isinstance(o, server_side)]
+    old = {id(o) for o in held}
     gc.disable()
     try:
-        before = _alive(server_side)
         async with ParleyClient(w.ws_url, w.token(a), "c1") as carol, \
                 ParleyClient(w.ws_url, w.token(b), "d1") as dave:
-            assert _alive(server_side) > before
+            assert _alive(server_side, old) > 0
             await carol.typing(conv)
             sent = await carol.send(conv, "text", {"text": "hi"})
             async with asyncio.timeout(10):
@@ -68,8 +73,8 @@ async def test_a_closed_device_is_freed_without_the_cycle_collector(node: Node) 
                     if getattr(ev, "seq", None) == sent.seq:
                         break
             await dave.send(conv, "text", {"text": "back"})
-        await until(lambda: _alive(server_side) <= before, interval=0.05,
+        await until(lambda: _alive(server_side, old) == 0, interval=0.05,
                     what="the closed devices' server-side objects freed")
-        assert _alive(server_side) == before
     finally:
         gc.enable()
+    assert len(held) == len(old)
