@@ -9,7 +9,8 @@ the commit, so a stale entry can delay a push but never let an outsider write.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from parley.clock import Clock
@@ -37,7 +38,7 @@ class MembershipCache:
     ) -> None:
         self._store = conversations
         self._entries: TtlCache[tuple[int, int], ConvMembers] = TtlCache(
-            clock, ttl_s, max_entries, lambda key: self._load(*key)
+            clock, ttl_s, max_entries, None, many=self._load_many,
         )
         self.listener: Callable[[int, int], None] | None = None
         """Told of every ``invalidate`` (the cluster tells the other nodes)."""
@@ -54,12 +55,19 @@ class MembershipCache:
         """The cached entry if present and fresh; never loads."""
         return self._entries.get((tenant_id, conv_id))
 
-    async def _load(self, tenant_id: int, conv_id: int) -> ConvMembers | None:
-        conv = await self._store.get(tenant_id, conv_id)
-        if conv is None:
-            return None
-        ids = tuple(await self._store.member_ids(tenant_id, conv_id))
-        return ConvMembers(conv_id, conv.kind, ids, frozenset(ids))
+    async def _load_many(
+        self, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], ConvMembers | None]:
+        """Several conversations in one read per tenant (a cold node's first sends)."""
+        by_tenant: defaultdict[int, list[int]] = defaultdict(list)
+        for tenant_id, conv_id in keys:
+            by_tenant[tenant_id].append(conv_id)
+        out: dict[tuple[int, int], ConvMembers | None] = {}
+        for tenant_id, conv_ids in by_tenant.items():
+            found = await self._store.kinds_and_members(tenant_id, conv_ids)
+            for conv_id, (kind, ids) in found.items():
+                out[(tenant_id, conv_id)] = ConvMembers(conv_id, kind, tuple(ids), frozenset(ids))
+        return out
 
     def invalidate(self, tenant_id: int, conv_id: int) -> None:
         """The members changed: forget them here and tell the listener."""

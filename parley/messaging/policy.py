@@ -17,7 +17,8 @@ node's ``stranger_messages``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from parley.clock import Clock
@@ -49,7 +50,7 @@ class SendPolicy:
             clock, ttl_s, max_entries, self._load_strangers
         )
         self._direct: TtlCache[tuple[int, int, int], DirectRule] = TtlCache(
-            clock, ttl_s, max_entries, lambda key: social.direct_rule(*key)
+            clock, ttl_s, max_entries, None, many=self._load_direct_many,
         )
         self._groups: TtlCache[tuple[int, int], GroupRules] = TtlCache(
             clock, ttl_s, max_entries, lambda key: social.group_rules(*key)
@@ -59,6 +60,19 @@ class SendPolicy:
         rule = await self._direct.load((tenant_id, sender, peer))
         assert rule is not None
         return rule
+
+    async def _load_direct_many(
+        self, keys: Sequence[tuple[int, int, int]]
+    ) -> dict[tuple[int, int, int], DirectRule | None]:
+        """Several (tenant, sender, peer) rules, one read per tenant and table."""
+        by_tenant: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
+        for tenant_id, sender, peer in keys:
+            by_tenant[tenant_id].append((sender, peer))
+        out: dict[tuple[int, int, int], DirectRule | None] = {}
+        for tenant_id, pairs in by_tenant.items():
+            rules = await self.social.direct_rules(tenant_id, pairs)
+            out.update({(tenant_id, s, p): rule for (s, p), rule in rules.items()})
+        return out
 
     async def _load_strangers(self, tenant_id: int) -> bool:
         assert self._tenants is not None

@@ -118,6 +118,14 @@ def _direct_peers_many() -> Select[int, int]:
 
 _DIRECT_PEERS_MANY = _direct_peers_many()
 
+_KINDS_AND_MEMBERS = (
+    select(conversations.c.id, conversations.c.kind, members.c.user_id)
+    .select_from(conversations.outerjoin(members, members.c.conversation_id == conversations.c.id))
+    .where(conversations.c.tenant_id == bindparam("tenant_id"),
+           conversations.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(conversations.c.id, members.c.user_id)
+)
+
 class ConversationStore:
     """Repository for conversations and members; stateless apart from its database."""
 
@@ -321,6 +329,25 @@ class ConversationStore:
                 .order_by(members.c.user_id)
             )
             return [int(uid) for uid in rows.scalars()]
+
+    async def kinds_and_members(
+        self, tenant_id: int, conv_ids: Iterable[int]
+    ) -> dict[int, tuple[str, list[int]]]:
+        """Kind and member ids (ascending) of each conversation of this tenant among
+        ``conv_ids``, in one read; unknown ids are left out (a cold cache's batch)."""
+        ids = sorted(set(conv_ids))
+        if not ids:
+            return {}
+        out: dict[int, tuple[str, list[int]]] = {}
+        async with self._db.reader.connect() as conn:
+            rows = await conn.execute(_KINDS_AND_MEMBERS, {"tenant_id": tenant_id, "ids": ids})
+            for conv_id, kind, user_id in rows:
+                entry = out.get(conv_id)
+                if entry is None:
+                    entry = out[int(conv_id)] = (str(kind), [])
+                if user_id is not None:
+                    entry[1].append(int(user_id))
+        return out
 
     async def get(self, tenant_id: int, conv_id: int) -> Conversation | None:
         async with self._db.reader.connect() as conn:

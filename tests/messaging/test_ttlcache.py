@@ -217,3 +217,114 @@ async def test_a_cancelled_refresh_does_not_strand_a_waiter() -> None:
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiter, 5)
+
+
+class ManyLoader:
+    """A loader of many keys: records each batch; each call waits on its own gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gates: list[asyncio.Event] = []
+        self.fail: BaseException | None = None
+
+    async def __call__(self, keys: object) -> dict[str, str | None]:
+        batch = list(keys)  # type: ignore[call-overload]
+        self.batches.append(batch)
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return {k: None if k.startswith("none") else k.upper() for k in batch}
+
+    async def open_all(self) -> None:
+        """Open every gate until no batch is waiting (each opened batch may start the next)."""
+        await _settle()
+        while not all(g.is_set() for g in self.gates):
+            for g in self.gates:
+                g.set()
+            await _settle()
+
+
+async def test_misses_are_loaded_in_batches_and_the_queue_forms_the_next_batch() -> None:
+    many = ManyLoader()
+    cache: TtlCache[str, str] = TtlCache(
+        ManualClock(), 10.0, 1000, None,
+        many=many, batch_size=3, max_batches=1,
+    )
+    first = [asyncio.create_task(cache.load(k)) for k in ("a", "b", "a")]
+    await _settle()
+    assert many.batches == [["a", "b"]]  # one batch for the turn's misses; "a" once
+    # Misses while that batch runs wait for it to finish, then go three at a time.
+    later = [asyncio.create_task(cache.load(k)) for k in ("c", "d", "e", "none1", "b")]
+    await _settle()
+    assert len(many.batches) == 1
+    await many.open_all()
+    assert many.batches == [["a", "b"], ["c", "d", "e"], ["none1"]]
+    assert await asyncio.gather(*first) == ["A", "B", "A"]
+    assert await asyncio.gather(*later) == ["C", "D", "E", None, "B"]
+    assert cache.get("c") == "C" and cache.get("none1") is None  # None is not cached
+    assert await cache.load("d") == "D" and len(many.batches) == 3  # a hit: no batch
+
+
+async def test_a_failed_batch_reaches_its_waiters_only() -> None:
+    many = ManyLoader()
+    cache: TtlCache[str, str] = TtlCache(
+        ManualClock(), 10.0, 1000, None,
+        many=many, batch_size=2, max_batches=1,
+    )
+    waiters = [asyncio.create_task(cache.load(k)) for k in ("a", "b", "c")]
+    await _settle()
+    many.fail = OSError("database down")
+    many.gates[0].set()
+    await _settle()
+    many.fail = None
+    await many.open_all()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert [type(r) for r in results[:2]] == [OSError, OSError] and results[2] == "C"
+    assert cache.get("a") is None and cache.get("c") == "C"
+
+
+async def test_refreshes_go_through_the_batch_loader() -> None:
+    clock = ManualClock()
+    many = ManyLoader()
+    cache: TtlCache[str, str] = TtlCache(
+        clock, 10.0, 1000, None,
+        many=many, refresh_fraction=0.5, jitter=0.0,
+    )
+    task = asyncio.create_task(cache.load("a"))
+    await many.open_all()
+    assert await task == "A"
+    clock.advance(6_000)  # past the refresh point
+    assert cache.fresh("a") == "A" and cache.fresh("a") == "A"
+    await _settle()
+    assert many.batches == [["a"], ["a"]]
+    await many.open_all()
+    assert "a" not in cache._loading
+
+
+async def test_cancelled_batch_loading_fails_what_is_queued() -> None:
+    many = ManyLoader()
+    cache: TtlCache[str, str] = TtlCache(
+        ManualClock(), 10.0, 1000, None,
+        many=many, batch_size=1, max_batches=1,
+    )
+    waiters = [asyncio.create_task(cache.load(k)) for k in ("a", "b")]
+    await _settle()
+    for task in list(cache._refreshing):
+        task.cancel()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert isinstance(results[1], RuntimeError)
+    assert not cache._loading
+
+
+def test_bad_batch_parameters_are_refused() -> None:
+    many = ManyLoader()
+    for kw in ({"batch_size": 0}, {"max_batches": 0}):
+        with pytest.raises(ValueError, match="positive"):
+            TtlCache(ManualClock(), 1.0, 10, None, many=many, **kw)
+    with pytest.raises(ValueError, match="either"):
+        TtlCache(ManualClock(), 1.0, 10, None)
+    with pytest.raises(ValueError, match="either"):
+        TtlCache(ManualClock(), 1.0, 10, Loader(), many=many)

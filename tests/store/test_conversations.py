@@ -157,3 +157,31 @@ async def test_direct_peers_are_the_other_sides_of_direct_conversations(db: Data
     social = SocialStore(db)
     await social.block(tid, a, c, NOW)
     assert await social.blocked_ids_many(tid, [a, b]) == {a: {c}, b: set()}
+
+
+async def test_batched_reads_of_a_cold_cache(db: Database) -> None:
+    """``kinds_and_members`` and ``direct_rules``: one read for many keys, the same
+    answers as the one-key reads, nothing from another tenant."""
+    tid, (a, b, c, d) = await _users(db, "acme", 4)
+    oid, _ = await _users(db, "other", 1)
+    store = ConversationStore(db)
+    ab = await store.create_direct(tid, a, b, NOW)
+    grp = await store.create_group(tid, c, "g", [a, b, d], NOW)
+    got = await store.kinds_and_members(tid, [ab.id, grp.id, ab.id, 999_999])
+    assert got == {ab.id: ("direct", sorted([a, b])), grp.id: ("group", sorted([a, b, c, d]))}
+    assert await store.kinds_and_members(oid, [ab.id, grp.id]) == {}  # another tenant's ids
+    assert await store.kinds_and_members(tid, []) == {}
+    social = SocialStore(db)
+    await social.block(tid, b, a, NOW)  # b blocks a
+    assert await social.request_contact(tid, a, c, NOW) == "requested"
+    await social.accept_contact(tid, c, a, NOW)
+    assert await social.request_contact(tid, a, d, NOW) == "requested"  # pending only
+    rules = await social.direct_rules(tid, [(a, b), (b, a), (a, c), (c, a), (a, d), (a, b)])
+    assert {p: (r.blocked_by_peer, r.contacts) for p, r in rules.items()} == {
+        (a, b): (True, False), (b, a): (False, False), (a, c): (False, True),
+        (c, a): (False, True), (a, d): (False, False),
+    }
+    assert {p: (r.blocked_by_peer, r.contacts)
+            for p, r in (await social.direct_rules(oid, [(a, b), (a, c)])).items()} == {
+        (a, b): (False, False), (a, c): (False, False)}
+    assert await social.direct_rules(tid, []) == {}
