@@ -53,7 +53,7 @@ class SendPolicy:
             clock, ttl_s, max_entries, None, many=self._load_direct_many,
         )
         self._groups: TtlCache[tuple[int, int], GroupRules] = TtlCache(
-            clock, ttl_s, max_entries, lambda key: social.group_rules(*key)
+            clock, ttl_s, max_entries, None, many=self._load_groups_many,
         )
 
     async def direct_rule(self, tenant_id: int, sender: int, peer: int) -> DirectRule:
@@ -72,6 +72,19 @@ class SendPolicy:
         for tenant_id, pairs in by_tenant.items():
             rules = await self.social.direct_rules(tenant_id, pairs)
             out.update({(tenant_id, s, p): rule for (s, p), rule in rules.items()})
+        return out
+
+    async def _load_groups_many(
+        self, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], GroupRules | None]:
+        """Several groups' rules, one connection per tenant."""
+        by_tenant: defaultdict[int, list[int]] = defaultdict(list)
+        for tenant_id, conv in keys:
+            by_tenant[tenant_id].append(conv)
+        out: dict[tuple[int, int], GroupRules | None] = {}
+        for tenant_id, convs in by_tenant.items():
+            rules = await self.social.group_rules(tenant_id, convs)
+            out.update({(tenant_id, c): r for c, r in rules.items()})
         return out
 
     async def _load_strangers(self, tenant_id: int) -> bool:

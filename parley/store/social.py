@@ -439,24 +439,35 @@ class SocialStore:
                 conversations.c.kind == "group",
             ).values(**values))
 
-    async def group_rules(self, tenant_id: int, conv_id: int) -> GroupRules:
+    async def group_rules(
+        self, tenant_id: int, conv_ids: Iterable[int]
+    ) -> dict[int, GroupRules]:
+        """Who may post in each of these groups of the tenant (an unknown id: nobody
+        muted; the membership check refuses its sends): one connection, two reads."""
+        ids = sorted(set(conv_ids))
+        if not ids:
+            return {}
         async with self._db.reader.connect() as conn:
-            all_muted = await conn.scalar(select(conversations.c.all_muted).where(
-                conversations.c.tenant_id == tenant_id, conversations.c.id == conv_id
-            ))
+            all_muted = {int(cid): bool(flag) for cid, flag in await conn.execute(
+                select(conversations.c.id, conversations.c.all_muted).where(
+                    conversations.c.tenant_id == tenant_id, conversations.c.id.in_(ids))
+            )}
             rows = await conn.execute(
-                select(members.c.user_id, members.c.role, members.c.send_muted_until).where(
-                    members.c.tenant_id == tenant_id, members.c.conversation_id == conv_id,
+                select(members.c.conversation_id, members.c.user_id, members.c.role,
+                       members.c.send_muted_until).where(
+                    members.c.tenant_id == tenant_id, members.c.conversation_id.in_(ids),
                     or_(members.c.role.in_(("owner", "admin")), members.c.send_muted_until > 0),
                 )
             )
-            privileged, muted = set(), {}
-            for uid, role, until in rows:
+            privileged: dict[int, set[int]] = {cid: set() for cid in ids}
+            muted: dict[int, dict[int, int]] = {cid: {} for cid in ids}
+            for cid, uid, role, until in rows:
                 if role in ("owner", "admin"):
-                    privileged.add(int(uid))
+                    privileged[int(cid)].add(int(uid))
                 if until:
-                    muted[int(uid)] = int(until)
-        return GroupRules(bool(all_muted), frozenset(privileged), muted)
+                    muted[int(cid)][int(uid)] = int(until)
+        return {cid: GroupRules(all_muted.get(cid, False), frozenset(privileged[cid]), muted[cid])
+                for cid in ids}
 
     async def set_send_muted(self, tenant_id: int, conv_id: int, user_id: int, until_ms: int
                              ) -> None:

@@ -185,3 +185,15 @@ async def test_batched_reads_of_a_cold_cache(db: Database) -> None:
             for p, r in (await social.direct_rules(oid, [(a, b), (a, c)])).items()} == {
         (a, b): (False, False), (a, c): (False, False)}
     assert await social.direct_rules(tid, []) == {}
+    # Group rules: all-muted flags, owners/admins, member mutes, per group.
+    g2 = await store.create_group(tid, a, "g2", [b], NOW)
+    await store.set_role(tid, grp.id, d, "admin")
+    await social.update_group(tid, g2.id, all_muted=True)
+    await social.set_send_muted(tid, grp.id, b, NOW + 60_000)
+    groups = await social.group_rules(tid, [grp.id, g2.id, 999_999])
+    assert (groups[grp.id].all_muted, groups[grp.id].privileged, groups[grp.id].muted_until) == (
+        False, frozenset({c, d}), {b: NOW + 60_000})
+    assert (groups[g2.id].all_muted, groups[g2.id].privileged, groups[g2.id].muted_until) == (
+        True, frozenset({a}), {})
+    assert not groups[999_999].all_muted and not groups[999_999].privileged  # unknown: open
+    assert not (await social.group_rules(oid, [g2.id]))[g2.id].all_muted  # another tenant
