@@ -91,7 +91,14 @@ from sqlalchemy.types import TypeEngine
 from parley.errors import IdempotencyConflict, NotFound, NotMember
 from parley.store import pgappend
 from parley.store.database import Backend, Database
-from parley.store.pgappend import ONE_SQL, READ_SQL, TOMBSTONE_SQL, WRITE_SQL, PgBatch
+from parley.store.pgappend import (
+    ONE_SQL,
+    READ_SQL,
+    SINGLE_SQL,
+    TOMBSTONE_SQL,
+    WRITE_SQL,
+    PgBatch,
+)
 from parley.store.tables import conversations, members, messages
 
 __all__ = [
@@ -688,6 +695,14 @@ class MessageStore:
             raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
             try:
                 await self._plan_mode(raw)
+                if len(batch) == 1 and _one_statement(batch):
+                    m = batch[0]
+                    row = await raw.fetchrow(
+                        SINGLE_SQL, m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
+                        m.sender_device, m.kind, m.body, m.digest, m.created_at,
+                    )
+                    assert row is not None  # one row, always
+                    return [_one_result(row)]
                 if _one_statement(batch):
                     return [_one_result(r) for r in await raw.fetch(
                         ONE_SQL, *PgBatch.one_args([

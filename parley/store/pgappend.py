@@ -20,7 +20,8 @@ batches), the four round trips below were 39% of the node's samples and a
 commit took 3.7 ms on average in the node against 1.6 ms for the same
 statements alone: every round trip waits for a turn of the node's loop.
 That statement handles batches without recalls whose ids are distinct; any
-other batch takes the general path.
+other batch takes the general path.  A batch of one message (most batches at
+light load) takes ``SINGLE_SQL``, the same statement with scalar parameters.
 
 The general path is four round trips whatever the batch's size: BEGIN, one read (the
 conversation rows locked in id order, the ids already stored, the senders'
@@ -39,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["ONE_SQL", "READ_SQL", "TOMBSTONE_SQL", "WRITE_SQL", "PgBatch"]
+__all__ = ["ONE_SQL", "READ_SQL", "SINGLE_SQL", "TOMBSTONE_SQL", "WRITE_SQL", "PgBatch"]
 
 # Kinds of rows READ_SQL returns, in its first column.
 LOCKED, KNOWN, MEMBER = 0, 1, 2
@@ -155,6 +156,50 @@ WITH i AS MATERIALIZED (
 SELECT d.status, coalesce(n.seq, d.known_seq) AS seq, coalesce(n.created_at, d.known_at) AS at
 FROM d LEFT JOIN n ON n.ord = d.ord
 ORDER BY d.ord
+"""
+
+# ONE_SQL for a batch of one message, the usual batch at light load: scalar
+# parameters instead of arrays, no window function, no sorts, and the seq taken
+# by the UPDATE itself (``last_seq + 1 ... RETURNING``: the row lock and the
+# newest version in one step) instead of a locking read and then an update.
+# Same decisions in the same order, same result row.  Measured alone (one
+# connection, 2,000 appends in a row): 0.45 ms with custom plans and 0.31-0.37 ms
+# generic, against ONE_SQL's 0.68 and 0.51; a one-row INSERT is 0.25-0.29 ms.
+# Parameters: tenant, conversation, msg_id, sender, device, kind, body, digest,
+# created_at.
+SINGLE_SQL = """
+WITH k AS MATERIALIZED (
+    SELECT seq, digest, created_at FROM messages WHERE tenant_id = $1::bigint AND msg_id = $3::text
+), d AS MATERIALIZED (
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM k) THEN
+            CASE WHEN (SELECT digest FROM k) = $8::text THEN 1 ELSE 2 END
+        WHEN NOT EXISTS (SELECT 1 FROM conversations
+                         WHERE id = $2::bigint AND tenant_id = $1::bigint) THEN 3
+        WHEN NOT EXISTS (SELECT 1 FROM members
+                         WHERE conversation_id = $2::bigint AND user_id = $4::bigint) THEN 4
+        ELSE 0 END AS status
+), bump AS (
+    UPDATE conversations SET last_seq = last_seq + 1
+    WHERE id = $2::bigint AND (SELECT status FROM d) = 0
+    RETURNING last_seq AS seq
+), ins AS (
+    INSERT INTO messages (tenant_id, conversation_id, seq, msg_id, sender_id, sender_device,
+                          kind, body, digest, created_at, recalled)
+    SELECT $1::bigint, $2::bigint, seq, $3::text, $4::bigint, $5::text, $6::text, $7::bytea,
+           $8::text, $9::bigint, false
+    FROM bump
+), rd AS (
+    INSERT INTO read_cursors AS r (tenant_id, user_id, conversation_id, read_seq, updated_at)
+    SELECT $1::bigint, $4::bigint, $2::bigint, seq, $9::bigint FROM bump
+    ON CONFLICT (user_id, conversation_id) DO UPDATE
+        SET read_seq = excluded.read_seq, updated_at = excluded.updated_at
+        WHERE r.read_seq < excluded.read_seq AND r.tenant_id = excluded.tenant_id
+)
+SELECT d.status,
+       CASE WHEN d.status = 0 THEN (SELECT seq FROM bump) ELSE (SELECT seq FROM k) END AS seq,
+       CASE WHEN d.status = 0 THEN $9::bigint ELSE (SELECT created_at FROM k) END AS at
+FROM d
 """
 
 TOMBSTONE_SQL = """

@@ -412,3 +412,30 @@ async def test_sqlite_append_waits_for_another_process_write_lock(db: Database) 
     finally:
         other.close()
     assert results[0].status == "created" and results[0].seq == 1
+
+
+async def test_a_batch_of_one_decides_as_a_larger_batch(w: World) -> None:
+    """Batches of one message take their own statement on PostgreSQL: every
+    decision must be the one a larger batch makes for the same item."""
+    [first] = await w.store.append([msg(w.tid, w.ab, w.a, mid="solo")])
+    alone = [(await w.store.append([m]))[0] for m in (
+        msg(w.tid, w.ab, w.a, mid="solo", at=NOW + 5),  # resend: duplicate
+        msg(w.tid, w.ab, w.a, mid="solo", text="changed"),  # conflict
+        msg(w.tid, 999_999, w.a),  # no such conversation
+        msg(w.tid, w.ox, w.a),  # another tenant's conversation
+        msg(w.oid, w.ab, w.x),  # this tenant's conversation, sent as the other tenant
+        msg(w.tid, w.ab, w.c),  # not a member
+        msg(w.tid, w.ab, w.b),  # created
+    )]
+    assert (first.status, first.seq) == ("created", 1)
+    assert [(r.status, r.code, r.seq) for r in alone] == [
+        ("duplicate", None, 1), ("conflict", "idempotency_conflict", None),
+        ("rejected", "not_found", None), ("rejected", "not_found", None),
+        ("rejected", "not_found", None), ("rejected", "not_member", None),
+        ("created", None, 2),
+    ]
+    assert alone[0].created_at == first.created_at
+    assert await w.last_seq(w.ab) == 2 and await w.last_seq(w.ox) == 0
+    assert await w.count() == 2
+    # The sender's read cursor moves with its own message, as in a batch.
+    assert await CursorStore(w.db).read_cursor(w.tid, w.b, w.ab) == 2
