@@ -85,6 +85,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.schema import Column
 from sqlalchemy.types import TypeEngine
 
@@ -691,42 +692,49 @@ class MessageStore:
     async def _append_pg(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
         """The PostgreSQL append through asyncpg (``pgappend``): one statement in
         autocommit for most batches, four round trips for the others."""
-        async with self._db.writer.connect() as conn:
-            raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
-            try:
-                await self._plan_mode(raw)
-                if len(batch) == 1 and _one_statement(batch):
-                    m = batch[0]
-                    row = await raw.fetchrow(
-                        SINGLE_SQL, m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
-                        m.sender_device, m.kind, m.body, m.digest, m.created_at,
-                    )
-                    assert row is not None  # one row, always
-                    return [_one_result(row)]
-                if _one_statement(batch):
-                    return [_one_result(r) for r in await raw.fetch(
-                        ONE_SQL, *PgBatch.one_args([
-                            (m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
-                             m.sender_device, m.kind, m.body, m.digest, m.created_at)
-                            for m in batch
-                        ])
-                    )]
-                async with raw.transaction():
-                    return await self._append_raw(raw, batch)
-            except BaseException as exc:
-                broken = not isinstance(exc, asyncpg.PostgresError) or isinstance(
-                    exc, (asyncpg.PostgresConnectionError, OperatorInterventionError)
-                ) or raw.is_closed()
-                if broken:
-                    # Never hand a broken (or mid-statement cancelled) connection back to the pool.
+        conn, raw = await self._db.lease_writer()
+        lease: tuple[AsyncConnection, asyncpg.Connection] | None = (conn, raw)
+        try:
+            await self._plan_mode(raw)
+            if len(batch) == 1 and _one_statement(batch):
+                m = batch[0]
+                row = await raw.fetchrow(
+                    SINGLE_SQL, m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
+                    m.sender_device, m.kind, m.body, m.digest, m.created_at,
+                )
+                assert row is not None  # one row, always
+                return [_one_result(row)]
+            if _one_statement(batch):
+                return [_one_result(r) for r in await raw.fetch(
+                    ONE_SQL, *PgBatch.one_args([
+                        (m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
+                         m.sender_device, m.kind, m.body, m.digest, m.created_at)
+                        for m in batch
+                    ])
+                )]
+            async with raw.transaction():
+                return await self._append_raw(raw, batch)
+        except BaseException as exc:
+            broken = not isinstance(exc, asyncpg.PostgresError) or isinstance(
+                exc, (asyncpg.PostgresConnectionError, OperatorInterventionError)
+            ) or raw.is_closed()
+            if broken:
+                # Never reuse a broken (or mid-statement cancelled) connection.
+                lease = None
+                try:
                     await conn.invalidate()
-                if isinstance(exc, asyncpg.UniqueViolationError):
-                    raise IntegrityError("append", None, exc) from exc
-                if isinstance(exc, Exception):  # a dead socket may surface as any client error
-                    raise DBAPIError(
-                        "append", None, exc, connection_invalidated=broken
-                    ) from exc
-                raise
+                finally:
+                    await conn.close()
+            if isinstance(exc, asyncpg.UniqueViolationError):
+                raise IntegrityError("append", None, exc) from exc
+            if isinstance(exc, Exception):  # a dead socket may surface as any client error
+                raise DBAPIError(
+                    "append", None, exc, connection_invalidated=broken
+                ) from exc
+            raise
+        finally:
+            if lease is not None:
+                await self._db.release_writer(lease)
 
     async def _append_raw(
         self, raw: asyncpg.Connection, batch: Sequence[NewMessage]

@@ -224,12 +224,16 @@ async def test_a_dropped_pooled_connection_costs_no_batch(w: World, backend: str
     if backend == "sqlite":
         pytest.skip("PostgreSQL connections only")
     [first] = await w.store.append([msg(w.tid, w.ab, w.a)])
-    async with w.db.writer.connect() as conn:  # the idle connection the next batch gets
-        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+    lease = await w.db.lease_writer()  # the idle connection the next batch gets
+    pid = await lease[1].fetchval("SELECT pg_backend_pid()")
+    await w.db.release_writer(lease)
     async with w.db.reader.connect() as conn:
         assert await conn.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
     [second] = await w.store.append([msg(w.tid, w.ab, w.a)])
     assert (first.status, first.seq, second.status, second.seq) == ("created", 1, "created", 2)
+    lease = await w.db.lease_writer()  # the dead one was dropped, not kept
+    assert await lease[1].fetchval("SELECT pg_backend_pid()") != pid
+    await w.db.release_writer(lease)
 
 
 async def test_racing_the_same_msg_id_stores_it_once(w: World, backend: str) -> None:
@@ -386,9 +390,10 @@ async def test_append_switches_to_generic_plans_once_messages_is_big(
         assert (await store.append([msg(world.tid, world.ab, world.a)]))[0].ok
     expected = "generic" if threshold == 0 else "custom"
     assert store.plans == expected
-    # every writer connection the append used now plans that way
-    async with db.writer.connect() as conn:
-        mode = (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar()
+    # the writer connection the append keeps now plans that way
+    lease = await db.lease_writer()
+    mode = await lease[1].fetchval("SHOW plan_cache_mode")
+    await db.release_writer(lease)
     assert mode == f"force_{expected}_plan"
 
 
@@ -439,3 +444,23 @@ async def test_a_batch_of_one_decides_as_a_larger_batch(w: World) -> None:
     assert await w.count() == 2
     # The sender's read cursor moves with its own message, as in a batch.
     assert await CursorStore(w.db).read_cursor(w.tid, w.b, w.ab) == 2
+
+
+async def test_append_connections_are_kept_up_to_half_the_pool(db: Database, backend: str) -> None:
+    """The PostgreSQL append keeps its connections out of the pool between batches,
+    at most half the pool's size, and the database's close gives them back."""
+    if backend == "sqlite":
+        pytest.skip("PostgreSQL connections only")
+    pool = db.writer.pool
+    keep = pool.size() // 2  # type: ignore[attr-defined]
+    leases = [await db.lease_writer() for _ in range(keep + 1)]
+    assert len({id(raw) for _, raw in leases}) == keep + 1
+    assert pool.checkedout() == keep + 1  # type: ignore[attr-defined]
+    for lease in leases:
+        await db.release_writer(lease)
+    assert pool.checkedout() == keep  # type: ignore[attr-defined]  # one went back
+    again = await db.lease_writer()  # the last kept one, reused
+    assert again is leases[keep - 1]
+    await db.release_writer(again)
+    await db.close()
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
