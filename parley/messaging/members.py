@@ -9,12 +9,11 @@ the commit, so a stale entry can delay a push but never let an outsider write.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from parley.clock import Clock
-from parley.messaging.ttlcache import TtlCache
+from parley.messaging.ttlcache import TtlCache, per_tenant
 from parley.store.conversations import ConversationStore
 
 __all__ = ["ConvMembers", "MembershipCache"]
@@ -59,15 +58,12 @@ class MembershipCache:
         self, keys: Sequence[tuple[int, int]]
     ) -> dict[tuple[int, int], ConvMembers | None]:
         """Several conversations in one read per tenant (a cold node's first sends)."""
-        by_tenant: defaultdict[int, list[int]] = defaultdict(list)
-        for tenant_id, conv_id in keys:
-            by_tenant[tenant_id].append(conv_id)
-        out: dict[tuple[int, int], ConvMembers | None] = {}
-        for tenant_id, conv_ids in by_tenant.items():
-            found = await self._store.kinds_and_members(tenant_id, conv_ids)
-            for conv_id, (kind, ids) in found.items():
-                out[(tenant_id, conv_id)] = ConvMembers(conv_id, kind, tuple(ids), frozenset(ids))
-        return out
+        return await per_tenant(keys, self._read)
+
+    async def _read(self, tenant_id: int, conv_ids: list[int]) -> dict[int, ConvMembers]:
+        found = await self._store.kinds_and_members(tenant_id, conv_ids)
+        return {conv_id: ConvMembers(conv_id, kind, tuple(ids), frozenset(ids))
+                for conv_id, (kind, ids) in found.items()}
 
     def invalidate(self, tenant_id: int, conv_id: int) -> None:
         """The members changed: forget them here and tell the listener."""

@@ -17,13 +17,12 @@ node's ``stranger_messages``.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from parley.clock import Clock
 from parley.errors import Forbidden
-from parley.messaging.ttlcache import TtlCache
+from parley.messaging.ttlcache import TtlCache, per_tenant
 from parley.store.accounts import Tenant
 from parley.store.social import DirectRule, GroupRules, SocialStore
 
@@ -64,28 +63,14 @@ class SendPolicy:
     async def _load_direct_many(
         self, keys: Sequence[tuple[int, int, int]]
     ) -> dict[tuple[int, int, int], DirectRule | None]:
-        """Several (tenant, sender, peer) rules, one read per tenant and table."""
-        by_tenant: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
-        for tenant_id, sender, peer in keys:
-            by_tenant[tenant_id].append((sender, peer))
-        out: dict[tuple[int, int, int], DirectRule | None] = {}
-        for tenant_id, pairs in by_tenant.items():
-            rules = await self.social.direct_rules(tenant_id, pairs)
-            out.update({(tenant_id, s, p): rule for (s, p), rule in rules.items()})
-        return out
+        """Several (tenant, sender, peer) rules, one connection per tenant."""
+        return await per_tenant(keys, self.social.direct_rules)
 
     async def _load_groups_many(
         self, keys: Sequence[tuple[int, int]]
     ) -> dict[tuple[int, int], GroupRules | None]:
         """Several groups' rules, one connection per tenant."""
-        by_tenant: defaultdict[int, list[int]] = defaultdict(list)
-        for tenant_id, conv in keys:
-            by_tenant[tenant_id].append(conv)
-        out: dict[tuple[int, int], GroupRules | None] = {}
-        for tenant_id, convs in by_tenant.items():
-            rules = await self.social.group_rules(tenant_id, convs)
-            out.update({(tenant_id, c): r for c, r in rules.items()})
-        return out
+        return await per_tenant(keys, self.social.group_rules)
 
     async def _load_strangers(self, tenant_id: int) -> bool:
         assert self._tenants is not None

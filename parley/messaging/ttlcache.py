@@ -29,13 +29,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from parley.clock import Clock
 
-__all__ = ["TtlCache"]
+__all__ = ["TtlCache", "per_tenant"]
 
 log = logging.getLogger(__name__)
 
@@ -230,3 +230,19 @@ class TtlCache(Generic[K, V]):
         task = asyncio.create_task(refresh())
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
+
+
+async def per_tenant(
+    keys: Sequence[tuple[Any, ...]], read: Callable[[int, list[Any]], Awaitable[Mapping[Any, V]]],
+) -> dict[Any, V | None]:
+    """A batch loader over keys of the form (tenant, ...): one ``read(tenant, rests)``
+    per tenant, where a key's rest is its second item (or its other items, as a
+    tuple); ``read`` answers by rest, and its values come back under their keys."""
+    by_tenant: defaultdict[int, list[Any]] = defaultdict(list)
+    for key in keys:
+        by_tenant[key[0]].append(key[1] if len(key) == 2 else key[1:])
+    out: dict[Any, V | None] = {}
+    for tenant_id, rests in by_tenant.items():
+        for rest, value in (await read(tenant_id, rests)).items():
+            out[(tenant_id, *rest) if isinstance(rest, tuple) else (tenant_id, rest)] = value
+    return out

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from parley.clock import ManualClock
-from parley.messaging.ttlcache import TtlCache
+from parley.messaging.ttlcache import TtlCache, per_tenant
 
 
 class Loader:
@@ -246,12 +246,14 @@ class ManyLoader:
             await _settle()
 
 
+def _batched(many: ManyLoader, clock: ManualClock | None = None, **kw: float) -> TtlCache[str, str]:
+    """A cache whose every load goes through ``many``."""
+    return TtlCache(clock or ManualClock(), 10.0, 1000, None, many=many, **kw)  # type: ignore[arg-type]
+
+
 async def test_misses_are_loaded_in_batches_and_the_queue_forms_the_next_batch() -> None:
     many = ManyLoader()
-    cache: TtlCache[str, str] = TtlCache(
-        ManualClock(), 10.0, 1000, None,
-        many=many, batch_size=3, max_batches=1,
-    )
+    cache = _batched(many, batch_size=3, max_batches=1)
     first = [asyncio.create_task(cache.load(k)) for k in ("a", "b", "a")]
     await _settle()
     assert many.batches == [["a", "b"]]  # one batch for the turn's misses; "a" once
@@ -269,10 +271,7 @@ async def test_misses_are_loaded_in_batches_and_the_queue_forms_the_next_batch()
 
 async def test_a_failed_batch_reaches_its_waiters_only() -> None:
     many = ManyLoader()
-    cache: TtlCache[str, str] = TtlCache(
-        ManualClock(), 10.0, 1000, None,
-        many=many, batch_size=2, max_batches=1,
-    )
+    cache = _batched(many, batch_size=2, max_batches=1)
     waiters = [asyncio.create_task(cache.load(k)) for k in ("a", "b", "c")]
     await _settle()
     many.fail = OSError("database down")
@@ -288,10 +287,7 @@ async def test_a_failed_batch_reaches_its_waiters_only() -> None:
 async def test_refreshes_go_through_the_batch_loader() -> None:
     clock = ManualClock()
     many = ManyLoader()
-    cache: TtlCache[str, str] = TtlCache(
-        clock, 10.0, 1000, None,
-        many=many, refresh_fraction=0.5, jitter=0.0,
-    )
+    cache = _batched(many, clock, refresh_fraction=0.5, jitter=0.0)
     task = asyncio.create_task(cache.load("a"))
     await many.open_all()
     assert await task == "A"
@@ -305,10 +301,7 @@ async def test_refreshes_go_through_the_batch_loader() -> None:
 
 async def test_cancelled_batch_loading_fails_what_is_queued() -> None:
     many = ManyLoader()
-    cache: TtlCache[str, str] = TtlCache(
-        ManualClock(), 10.0, 1000, None,
-        many=many, batch_size=1, max_batches=1,
-    )
+    cache = _batched(many, batch_size=1, max_batches=1)
     waiters = [asyncio.create_task(cache.load(k)) for k in ("a", "b")]
     await _settle()
     for task in list(cache._refreshing):
@@ -328,3 +321,19 @@ def test_bad_batch_parameters_are_refused() -> None:
         TtlCache(ManualClock(), 1.0, 10, None)
     with pytest.raises(ValueError, match="either"):
         TtlCache(ManualClock(), 1.0, 10, Loader(), many=many)
+
+
+async def test_per_tenant_reads_once_per_tenant_and_keys_the_answers_back() -> None:
+    reads: list[tuple[int, list[object]]] = []
+
+    async def read(tenant: int, rests: list[object]) -> dict[object, str]:
+        reads.append((tenant, rests))
+        return {r: f"{tenant}:{r}" for r in rests if r != 9}  # 9: unknown, left out
+
+    got = await per_tenant([(1, 5), (2, 6), (1, 9), (1, 7)], read)
+    assert reads == [(1, [5, 9, 7]), (2, [6])]
+    assert got == {(1, 5): "1:5", (1, 7): "1:7", (2, 6): "2:6"}
+    reads.clear()
+    got = await per_tenant([(1, 5, 6), (1, 6, 5)], read)
+    assert reads == [(1, [(5, 6), (6, 5)])]
+    assert got == {(1, 5, 6): "1:(5, 6)", (1, 6, 5): "1:(6, 5)"}
