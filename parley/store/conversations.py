@@ -344,7 +344,7 @@ class ConversationStore:
             for conv_id, kind, user_id in rows:
                 entry = out.get(conv_id)
                 if entry is None:
-                    entry = out[int(conv_id)] = (str(kind), [])
+                    entry = out[conv_id] = (str(kind), [])
                 if user_id is not None:
                     entry[1].append(int(user_id))
         return out

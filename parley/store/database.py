@@ -118,7 +118,7 @@ class Database:
         self._sqlite_synchronous = sqlite_synchronous
         self._appender: SqliteAppender | None = None
         self._held: list[tuple[AsyncConnection, Any]] = []
-        self._keep = max(1, pool_size // 2)
+        self._keep = pool_size // 2  # a pool of one keeps nothing: other writers need it
         # One startup lock per schema: clusters sharing a database in different schemas
         # (e.g. test runs) do not wait for each other's start-up.
         self._startup_lock = _STARTUP_LOCK ^ zlib.crc32((pg_schema or "").encode())

@@ -464,3 +464,16 @@ async def test_append_connections_are_kept_up_to_half_the_pool(db: Database, bac
     await db.release_writer(again)
     await db.close()
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_pool_of_one_keeps_no_append_connection(db: Database, backend: str) -> None:
+    """With one writer connection in all, the append must give it back after each
+    batch: the cursor writer and the API write through it too."""
+    if backend == "sqlite":
+        pytest.skip("PostgreSQL connections only")
+    small = Database(db.url.render_as_string(hide_password=False), pool_size=1)
+    try:
+        await small.release_writer(await small.lease_writer())
+        assert small.writer.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await small.close()
