@@ -53,7 +53,10 @@ class Settings(BaseSettings):
         "default: SQLite in the data directory.",
     )
     database_pool_size: int = Field(
-        10, ge=1, le=200, description="Database connections (PostgreSQL)."
+        10, ge=1, le=200, description=(
+            "Database connections (PostgreSQL), per pool (reads, writes); the message "
+            "append keeps up to half the write pool between batches."
+        ),
     )
     database_schema: str | None = Field(
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
