@@ -13,14 +13,15 @@ the coordinator over a ``multiprocessing`` pipe:
 **Open loop**: send number ``i`` is due at ``t0 + i / rate`` whatever
 happened to earlier sends; latencies are measured from that intended time, so
 a stall (server or client) shows up in the percentiles instead of silently
-slowing the schedule.  The worker wakes at most once a millisecond (libuv's
-timer resolution; waking more often was a busy loop) and sends everything due
-by then, each timed from its own intended time; ``lag`` records how late the
-worker itself was (up to about 1-2 ms by design).  Each payload also carries
-how late its own send was, so a delivery is timed twice: from the intended
-time (``deliver``, what a user waiting on the schedule sees) and from the
-moment the frame was written (``sent_deliver``: the server and the network,
-without the worker's timer granularity).  The schedule stays open either way:
+slowing the schedule.  The worker sleeps until the next send is due on a
+``timerfd`` (Linux, :mod:`parley.bench.clock`: tens of microseconds late, at
+most 5,000 wake-ups a second) or else on loop timers (libuv counts whole
+milliseconds: up to 1-2 ms late), and sends everything due by then, each timed
+from its own intended time; ``lag`` records how late the worker itself was.
+Each payload also carries how late its own send was, so a delivery is timed
+twice: from the intended time (``deliver``, what a user waiting on the
+schedule sees) and from the moment the frame was written (``sent_deliver``:
+the server and the network, without the worker's lateness).  The schedule stays open either way:
 a server stall never delays a send, so it shows up in both.
 
 **Warm-up**: a run with ``warmup_s`` sends on the same schedule for that long
@@ -50,15 +51,20 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from parley.bench.checker import ReceiveChecker, SendLedger
+from parley.bench.clock import precise_timer
 from parley.bench.targets import ConnectFailed, Connector, TargetConnection
 
 __all__ = ["Report", "UserSpec", "WorkerSpec", "new_histogram", "worker_main"]
 
 HIST_MAX_US = 60_000_000
 _TICK_S = 0.001
-"""The schedule's shortest sleep.  libuv timers count whole milliseconds and uvloop
-runs a delay under 0.5 ms on the next loop iteration: sleeping less than this kept
-the worker spinning (a core's worth of CPU at 2,000 sends/s)."""
+"""The schedule's shortest sleep on loop timers.  libuv timers count whole
+milliseconds and uvloop runs a delay under 0.5 ms on the next loop iteration:
+sleeping less than this kept the worker spinning (a core's worth of CPU at 2,000
+sends/s)."""
+_PRECISE_TICK_NS = 200_000
+"""The schedule's shortest sleep on a :class:`~parley.bench.clock.PreciseTimer`:
+each send on time at light load, at most 5,000 wake-ups a second at high rates."""
 
 
 def new_histogram() -> HdrHistogram:
@@ -321,14 +327,17 @@ class _Worker:
 
 
 class _Schedule:
-    """One run's sends, from loop timers: a tick sends every send due by now, then
-    sleeps until the next one is due (at least ``_TICK_S``).  No task, no future
-    per tick; ``done`` resolves after the last send (or fails with what a send raised)."""
+    """One run's sends: a tick sends every send due by now, then sleeps until the
+    next one is due, on a :class:`~parley.bench.clock.PreciseTimer` where there is
+    one (at least ``_PRECISE_TICK_NS`` apart), else on loop timers (at least
+    ``_TICK_S``).  No task, no future per tick; ``done`` resolves after the last
+    send (or fails with what a send raised)."""
 
-    __slots__ = ("done", "end", "handle", "i", "loop", "measured", "senders", "step", "t0", "w")
+    __slots__ = ("done", "end", "handle", "i", "loop", "measured", "senders", "step", "t0",
+                 "timer", "w")
 
     def __init__(self, w: _Worker, loop: asyncio.AbstractEventLoop, t0_ns: int, measured: int,
-                 end: int, rate: float) -> None:
+                 end: int, rate: float, *, precise: bool = True) -> None:
         self.w = w
         self.loop = loop
         self.senders = w.senders
@@ -337,6 +346,7 @@ class _Schedule:
         self.i = 0
         self.handle: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] = loop.create_future()
+        self.timer = precise_timer(loop, self.tick) if precise else None
 
     def tick(self) -> None:
         self.handle = None
@@ -350,7 +360,11 @@ class _Schedule:
             if not self.done.done():
                 self.done.set_result(None)
             return
-        delay = (due - time.monotonic_ns()) / 1e9
+        now = time.monotonic_ns()
+        if self.timer is not None:
+            self.timer.at(max(due, now + _PRECISE_TICK_NS))
+            return
+        delay = (due - now) / 1e9
         self.handle = self.loop.call_later(delay if delay > _TICK_S else _TICK_S, self.tick)
 
     def _send_due(self) -> int:
@@ -374,6 +388,9 @@ class _Schedule:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
 
 
 def _take(h: HdrHistogram) -> tuple[bytes, HdrHistogram]:

@@ -1,19 +1,24 @@
 """The worker's open-loop schedule (one worker, no server): every send on time or
-late, never early; the worker sleeps at least a millisecond between ticks (a
-shorter uvloop sleep is a busy loop); a failing send fails the run."""
+late, never early; on loop timers the worker sleeps at least a millisecond
+between ticks (a shorter uvloop sleep is a busy loop), on a timerfd at least
+``_PRECISE_TICK_NS``; a failing send fails the run."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing as mp
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from parley.bench import worker as worker_mod
+from parley.bench.clock import PreciseTimer
 from parley.bench.targets import ParleyConnector
-from parley.bench.worker import _TICK_S, UserSpec, WorkerSpec, _Schedule, _Worker
+from parley.bench.worker import _PRECISE_TICK_NS, _TICK_S, UserSpec, WorkerSpec, _Schedule, _Worker
 
 URL = "ws://127.0.0.1:1/v1/ws"
 
@@ -60,6 +65,7 @@ async def test_sends_follow_the_schedule_in_ticks_of_at_least_a_millisecond(
         return call_later(delay, callback, *args, **kw)
 
     monkeypatch.setattr(loop, "call_later", spy)
+    monkeypatch.setattr(worker_mod, "precise_timer", lambda loop, callback: None)
     t0 = time.monotonic_ns() + 5_000_000
     await worker.run(t0, 0.1, 10_000.0)  # a send every 0.1 ms
     assert worker.sent == 1000
@@ -70,6 +76,36 @@ async def test_sends_follow_the_schedule_in_ticks_of_at_least_a_millisecond(
         due = worker.ledger.inflight[sender.index]
         assert all(sent_at >= due[token] for token, sent_at in c.sends)  # never early
     assert worker.lag_hist.get_total_count() > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+async def test_on_a_timerfd_ticks_are_at_least_the_precise_tick_apart(
+        worker: _Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    conns = [_Conn(), _Conn()]
+    for u, c in zip(worker.users, conns, strict=True):
+        u.conn = c
+    arms: list[tuple[int, int]] = []  # (deadline, when armed)
+    at = PreciseTimer.at
+
+    def spy(self: PreciseTimer, when_ns: int) -> None:
+        arms.append((when_ns, time.monotonic_ns()))
+        at(self, when_ns)
+
+    monkeypatch.setattr(PreciseTimer, "at", spy)
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "call_later", None)  # the schedule must not use loop timers
+    t0 = time.monotonic_ns() + 5_000_000
+    await worker.run(t0, 0.1, 10_000.0)  # a send every 0.1 ms
+    assert worker.sent == 1000
+    assert [len(c.sends) for c in conns] == [500, 500]
+    # A tick runs after its deadline and arms the next one at least a tick after
+    # its own clock reading, so deadlines are at least a tick apart.
+    deadlines = [d for d, _ in arms]
+    assert all(b - a >= _PRECISE_TICK_NS for a, b in itertools.pairwise(deadlines))
+    assert len(arms) <= 0.1e9 / _PRECISE_TICK_NS + 30  # ticks, not sends
+    for sender, c in zip(worker.users, conns, strict=True):
+        due = worker.ledger.inflight[sender.index]
+        assert all(sent_at >= due[token] for token, sent_at in c.sends)  # never early
 
 
 async def test_a_failing_send_fails_the_run(worker: _Worker) -> None:
