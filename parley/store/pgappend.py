@@ -174,8 +174,8 @@ WITH k AS MATERIALIZED (
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM k) THEN
             CASE WHEN (SELECT digest FROM k) = $8::text THEN 1 ELSE 2 END
-        WHEN NOT EXISTS (SELECT 1 FROM conversations
-                         WHERE id = $2::bigint AND tenant_id = $1::bigint) THEN 3
+        WHEN (SELECT tenant_id FROM conversations WHERE id = $2::bigint)
+             IS DISTINCT FROM $1::bigint THEN 3
         WHEN NOT EXISTS (SELECT 1 FROM members
                          WHERE conversation_id = $2::bigint AND user_id = $4::bigint) THEN 4
         ELSE 0 END AS status

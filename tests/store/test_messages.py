@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 from sqlalchemy import select, text
 
-from parley.store import AccountStore, Database
+from parley.store import AccountStore, Database, pgappend
 from parley.store.conversations import ConversationStore
 from parley.store.cursors import CursorStore
 from parley.store.messages import MessageStore, NewMessage, StoredMessage
@@ -387,7 +387,8 @@ async def test_append_switches_to_generic_plans_once_messages_is_big(
     store = MessageStore(db, generic_plans_after_bytes=threshold)
     assert store.plans == "custom"
     for _ in range(3):  # more batches than connections it may meet on the way
-        assert (await store.append([msg(world.tid, world.ab, world.a)]))[0].ok
+        batch = [msg(world.tid, world.ab, world.a), msg(world.tid, world.ab, world.b)]
+        assert all(r.ok for r in await store.append(batch))
     expected = "generic" if threshold == 0 else "custom"
     assert store.plans == expected
     # the writer connection the append keeps now plans that way
@@ -395,6 +396,39 @@ async def test_append_switches_to_generic_plans_once_messages_is_big(
     mode = await lease[1].fetchval("SHOW plan_cache_mode")
     await db.release_writer(lease)
     assert mode == f"force_{expected}_plan"
+
+
+async def test_one_message_batches_plan_generically_on_a_small_table(db: Database) -> None:
+    """Below the size threshold a one-message batch runs on a connection in
+    generic mode and a larger batch on one in custom mode; the append prefers a
+    kept connection already in the mode it needs."""
+    if db.backend != "postgresql":
+        pytest.skip("plan modes are PostgreSQL's")
+    world = await World(db).setup()
+    store = MessageStore(db, generic_plans_after_bytes=1 << 62)
+
+    async def modes() -> list[str]:
+        leases = list(db._held)
+        return [await raw.fetchval("SHOW plan_cache_mode") for _, raw in leases]
+
+    assert (await store.append([msg(world.tid, world.ab, world.a)]))[0].ok
+    assert await modes() == ["force_generic_plan"]
+    # Two batches at once: the second needs a second connection.
+    single, pair = await asyncio.gather(
+        store.append([msg(world.tid, world.ab, world.a)]),
+        store.append([msg(world.tid, world.g, world.a), msg(world.tid, world.g, world.b)]),
+    )
+    assert single[0].ok and all(r.ok for r in pair)
+    assert sorted(await modes()) == ["force_custom_plan", "force_generic_plan"]
+    kept = {raw: mode for (_, raw), mode in zip(db._held, await modes(), strict=True)}
+    # Each kind of batch takes the kept connection already in its mode: no switch.
+    for batch in ([msg(world.tid, world.ab, world.b)],
+                  [msg(world.tid, world.g, world.a), msg(world.tid, world.g, world.c)]):
+        results = await store.append(batch)
+        assert [r.status for r in results][:1] == ["created"]
+        assert {raw: mode for (_, raw), mode in zip(db._held, await modes(), strict=True)} \
+            == kept
+    assert store.plans == "custom"
 
 
 async def test_sqlite_append_waits_for_another_process_write_lock(db: Database) -> None:
@@ -477,3 +511,31 @@ async def test_a_pool_of_one_keeps_no_append_connection(db: Database, backend: s
         assert small.writer.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await small.close()
+
+
+async def test_the_one_message_statement_probes_unique_indexes_in_its_generic_plan(
+    db: Database,
+) -> None:
+    """Its generic plan is made while the tables may be empty and kept as they
+    grow: every lookup must be an equality on the unique index made for it."""
+    if db.backend != "postgresql":
+        pytest.skip("plan modes are PostgreSQL's")
+    conn, raw = await db.lease_writer()
+    try:
+        await raw.execute("SET plan_cache_mode = force_generic_plan")
+        stmt = await raw.prepare(pgappend.SINGLE_SQL)
+        await raw.execute(
+            f"PREPARE one_plan({', '.join(t.name for t in stmt.get_parameters())}) AS "
+            + pgappend.SINGLE_SQL
+        )
+        plan = "\n".join(r[0] for r in await raw.fetch(
+            "EXPLAIN EXECUTE one_plan(1, 1, 'x', 1, 'd', 'text', '\\x00', 'g', 0)"
+        ))
+        await raw.execute("DEALLOCATE one_plan")
+    finally:
+        await raw.execute("SET plan_cache_mode = force_custom_plan")
+        await db.release_writer((conn, raw))
+    assert "Seq Scan" not in plan, plan
+    probes = {line.split(" using ")[1].split(" on ")[0]
+              for line in plan.splitlines() if " using " in line}
+    assert probes == {"uq_messages_tenant_id_msg_id", "pk_conversations", "pk_members"}, plan
