@@ -14,9 +14,9 @@ the coordinator over a ``multiprocessing`` pipe:
 happened to earlier sends; latencies are measured from that intended time, so
 a stall (server or client) shows up in the percentiles instead of silently
 slowing the schedule.  The worker sleeps until the next send is due on a
-``timerfd`` (Linux, :mod:`parley.bench.clock`: tens of microseconds late, at
-most 5,000 wake-ups a second) or else on loop timers (libuv counts whole
-milliseconds: up to 1-2 ms late), and sends everything due by then, each timed
+``timerfd`` up to ``_PRECISE_UP_TO`` sends a second (Linux,
+:mod:`parley.bench.clock`: tens of microseconds late), else on loop timers
+(libuv counts whole milliseconds: up to 1-2 ms late), and sends everything due by then, each timed
 from its own intended time; ``lag`` records how late the worker itself was.
 Each payload also carries how late its own send was, so a delivery is timed
 twice: from the intended time (``deliver``, what a user waiting on the
@@ -63,8 +63,17 @@ milliseconds and uvloop runs a delay under 0.5 ms on the next loop iteration:
 sleeping less than this kept the worker spinning (a core's worth of CPU at 2,000
 sends/s)."""
 _PRECISE_TICK_NS = 200_000
-"""The schedule's shortest sleep on a :class:`~parley.bench.clock.PreciseTimer`:
-each send on time at light load, at most 5,000 wake-ups a second at high rates."""
+"""The schedule's shortest sleep on a :class:`~parley.bench.clock.PreciseTimer`."""
+_PRECISE_UP_TO = 2_000.0
+"""Sends per second of one worker up to which it sleeps on a timerfd; above, on
+loop timers.  At light load a send 0.6-0.8 ms late (loop timers) is as long as
+the server's whole send->deliver time; at high rates the clumps of 1 ms are
+what the node is measured with, and smaller ones cost the machine more than the
+lateness is worth.  Measured at 11,000 msg/s (one worker) on this 2-core
+machine, loop timers against a timerfd with ticks 0.2 ms apart: load client 14.5
+against 18 µs of CPU per message, node 68-69 against 75-83 µs (fewer frames per
+wake-up), ack p99 94-108 ms against 0.67-4.2 s; with ticks 1 ms apart the
+timerfd fell behind at 1,000 sends/s (a tick as long as the step drifts late)."""
 
 
 def new_histogram() -> HdrHistogram:
@@ -329,9 +338,10 @@ class _Worker:
 class _Schedule:
     """One run's sends: a tick sends every send due by now, then sleeps until the
     next one is due, on a :class:`~parley.bench.clock.PreciseTimer` where there is
-    one (at least ``_PRECISE_TICK_NS`` apart), else on loop timers (at least
-    ``_TICK_S``).  No task, no future per tick; ``done`` resolves after the last
-    send (or fails with what a send raised)."""
+    one and the rate is at most ``_PRECISE_UP_TO`` (at least ``_PRECISE_TICK_NS``
+    apart), else on loop timers (at least ``_TICK_S``).  No task, no future per
+    tick; ``done`` resolves after the last send (or fails with what a send
+    raised)."""
 
     __slots__ = ("done", "end", "handle", "i", "loop", "measured", "senders", "step", "t0",
                  "timer", "w")
@@ -346,7 +356,8 @@ class _Schedule:
         self.i = 0
         self.handle: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] = loop.create_future()
-        self.timer = precise_timer(loop, self.tick) if precise else None
+        self.timer = (precise_timer(loop, self.tick)
+                      if precise and rate <= _PRECISE_UP_TO else None)
 
     def tick(self) -> None:
         self.handle = None

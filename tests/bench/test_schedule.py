@@ -18,7 +18,15 @@ import pytest
 from parley.bench import worker as worker_mod
 from parley.bench.clock import PreciseTimer
 from parley.bench.targets import ParleyConnector
-from parley.bench.worker import _PRECISE_TICK_NS, _TICK_S, UserSpec, WorkerSpec, _Schedule, _Worker
+from parley.bench.worker import (
+    _PRECISE_TICK_NS,
+    _PRECISE_UP_TO,
+    _TICK_S,
+    UserSpec,
+    WorkerSpec,
+    _Schedule,
+    _Worker,
+)
 
 URL = "ws://127.0.0.1:1/v1/ws"
 
@@ -95,17 +103,30 @@ async def test_on_a_timerfd_ticks_are_at_least_the_precise_tick_apart(
     loop = asyncio.get_running_loop()
     monkeypatch.setattr(loop, "call_later", None)  # the schedule must not use loop timers
     t0 = time.monotonic_ns() + 5_000_000
-    await worker.run(t0, 0.1, 10_000.0)  # a send every 0.1 ms
-    assert worker.sent == 1000
-    assert [len(c.sends) for c in conns] == [500, 500]
+    await worker.run(t0, 0.1, _PRECISE_UP_TO)  # the fastest rate it serves
+    assert worker.sent == int(0.1 * _PRECISE_UP_TO)
+    assert [len(c.sends) for c in conns] == [worker.sent // 2] * 2
     # A tick runs after its deadline and arms the next one at least a tick after
     # its own clock reading, so deadlines are at least a tick apart.
     deadlines = [d for d, _ in arms]
     assert all(b - a >= _PRECISE_TICK_NS for a, b in itertools.pairwise(deadlines))
-    assert len(arms) <= 0.1e9 / _PRECISE_TICK_NS + 30  # ticks, not sends
+    assert len(arms) <= worker.sent + 1
     for sender, c in zip(worker.users, conns, strict=True):
         due = worker.ledger.inflight[sender.index]
         assert all(sent_at >= due[token] for token, sent_at in c.sends)  # never early
+
+
+def test_loop_timers_above_the_precise_rate(worker: _Worker) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fast = _Schedule(worker, loop, 0, 0, 1, _PRECISE_UP_TO * 2)
+        slow = _Schedule(worker, loop, 0, 0, 1, _PRECISE_UP_TO)
+        assert fast.timer is None
+        assert slow.timer is not None or not sys.platform.startswith("linux")
+        fast.stop()
+        slow.stop()
+    finally:
+        loop.close()
 
 
 async def test_a_failing_send_fails_the_run(worker: _Worker) -> None:
