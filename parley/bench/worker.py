@@ -16,12 +16,13 @@ a stall (server or client) shows up in the percentiles instead of silently
 slowing the schedule.  The worker sleeps until the next send is due on a
 ``timerfd`` up to ``_PRECISE_UP_TO`` sends a second (Linux,
 :mod:`parley.bench.clock`: tens of microseconds late), else on loop timers
-(libuv counts whole milliseconds: up to 1-2 ms late), and sends everything due by then, each timed
-from its own intended time; ``lag`` records how late the worker itself was.
-Each payload also carries how late its own send was, so a delivery is timed
-twice: from the intended time (``deliver``, what a user waiting on the
-schedule sees) and from the moment the frame was written (``sent_deliver``:
-the server and the network, without the worker's lateness).  The schedule stays open either way:
+(libuv counts whole milliseconds: up to 1-2 ms late), and sends everything due
+by then, each timed from its own intended time; ``lag`` records how late the
+worker itself was.  Each payload also carries how late its own send was, so a
+delivery is timed twice: from the intended time (``deliver``, what a user
+waiting on the schedule sees) and from the moment the frame was written
+(``sent_deliver``: the server and the network, without the worker's
+lateness).  The schedule stays open either way:
 a server stall never delays a send, so it shows up in both.
 
 **Warm-up**: a run with ``warmup_s`` sends on the same schedule for that long
@@ -347,7 +348,7 @@ class _Schedule:
                  "timer", "w")
 
     def __init__(self, w: _Worker, loop: asyncio.AbstractEventLoop, t0_ns: int, measured: int,
-                 end: int, rate: float, *, precise: bool = True) -> None:
+                 end: int, rate: float) -> None:
         self.w = w
         self.loop = loop
         self.senders = w.senders
@@ -356,8 +357,7 @@ class _Schedule:
         self.i = 0
         self.handle: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] = loop.create_future()
-        self.timer = (precise_timer(loop, self.tick)
-                      if precise and rate <= _PRECISE_UP_TO else None)
+        self.timer = precise_timer(loop, self.tick) if rate <= _PRECISE_UP_TO else None
 
     def tick(self) -> None:
         self.handle = None
