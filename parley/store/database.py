@@ -272,6 +272,11 @@ class Database:
             raise
         return conn, raw
 
+    def keeps_another_writer(self) -> bool:
+        """Whether ``release_writer`` would keep one more connection now (else it
+        goes back to the pool, to writers that expect its settings unchanged)."""
+        return len(self._held) < self._keep
+
     async def release_writer(self, lease: tuple[AsyncConnection, Any]) -> None:
         """Take back a connection from ``lease_writer`` that is still usable."""
         if len(self._held) < self._keep:

@@ -753,6 +753,19 @@ class MessageStore:
             raise
         finally:
             if lease is not None:
+                if (not self._generic and raw in self._generic_conns
+                        and not self._db.keeps_another_writer()):
+                    # Back to the pool: the cursor writer and the API plan per call
+                    # on a small table (see above), so give it back as it came.
+                    try:
+                        await raw.execute("SET plan_cache_mode = force_custom_plan")
+                    except BaseException:
+                        try:
+                            await conn.invalidate()
+                        finally:
+                            await conn.close()
+                        raise
+                    self._generic_conns.discard(raw)
                 await self._db.release_writer(lease)
 
     async def _append_raw(

@@ -513,6 +513,33 @@ async def test_a_pool_of_one_keeps_no_append_connection(db: Database, backend: s
         await small.close()
 
 
+async def test_a_connection_given_back_to_the_pool_plans_per_call_again(db: Database) -> None:
+    """Past the connections the append keeps, one goes back to the pool, where the
+    cursor writer and the API expect per-call plans on a small table."""
+    if db.backend != "postgresql":
+        pytest.skip("plan modes are PostgreSQL's")
+    world = await World(db).setup()
+    store = MessageStore(db, generic_plans_after_bytes=1 << 62)
+    keep = db.writer.pool.size() // 2  # type: ignore[attr-defined]
+    results = await asyncio.gather(*(  # one connection each
+        store.append([msg(world.tid, world.ab, world.a)]) for _ in range(keep + 1)
+    ))
+    assert all(r[0].ok for r in results)
+    assert len(db._held) == keep
+    for _, kept in db._held:
+        assert await kept.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    # Every connection the pool holds now, the one given back among them:
+    conns = [await db.writer.connect() for _ in range(keep)]
+    try:
+        for conn in conns:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            assert await raw.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def test_the_one_message_statement_probes_unique_indexes_in_its_generic_plan(
     db: Database,
 ) -> None:
