@@ -72,9 +72,6 @@ class PreciseTimer:
         fires on the loop's next turn."""
         self._arm(self._fd, max(when_ns, 1))
 
-    def cancel(self) -> None:
-        self._arm(self._fd, 0)  # 0 disarms
-
     def close(self) -> None:
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
@@ -84,7 +81,7 @@ class PreciseTimer:
     def _fired(self) -> None:
         try:
             os.read(self._fd, 8)  # the expiration count; reading re-arms the readiness
-        except BlockingIOError:  # disarmed or re-armed after it became readable
+        except BlockingIOError:  # re-armed after it became readable
             return
         self._callback()
 

@@ -622,13 +622,16 @@ class MessageStore:
                 self._next_size_check = now + _SIZE_CHECK_EVERY_S
                 size = await raw.fetchval("SELECT pg_relation_size(to_regclass('messages'))")
                 self._generic = size is not None and size >= self._generic_after
-        generic = self._generic or single
+        await self._set_plans(raw, self._generic or single)
+
+    async def _set_plans(self, raw: asyncpg.Connection, generic: bool) -> None:
+        """Put ``raw`` in generic or per-call plan mode (one ``SET`` if it changes)."""
         if generic != (raw in self._generic_conns):
+            mode = "force_generic_plan" if generic else "force_custom_plan"
+            await raw.execute(f"SET plan_cache_mode = {mode}")
             if generic:
-                await raw.execute("SET plan_cache_mode = force_generic_plan")
                 self._generic_conns.add(raw)
             else:
-                await raw.execute("SET plan_cache_mode = force_custom_plan")
                 self._generic_conns.discard(raw)
 
     @property
@@ -715,24 +718,7 @@ class MessageStore:
         lease: tuple[AsyncConnection, asyncpg.Connection] | None = (conn, raw)
         try:
             await self._plan_mode(raw, single)
-            if single:
-                m = batch[0]
-                row = await raw.fetchrow(
-                    SINGLE_SQL, m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
-                    m.sender_device, m.kind, m.body, m.digest, m.created_at,
-                )
-                assert row is not None  # one row, always
-                return [_one_result(row)]
-            if _one_statement(batch):
-                return [_one_result(r) for r in await raw.fetch(
-                    ONE_SQL, *PgBatch.one_args([
-                        (m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
-                         m.sender_device, m.kind, m.body, m.digest, m.created_at)
-                        for m in batch
-                    ])
-                )]
-            async with raw.transaction():
-                return await self._append_raw(raw, batch)
+            return await self._append_statements(raw, batch, single)
         except BaseException as exc:
             broken = not isinstance(exc, asyncpg.PostgresError) or isinstance(
                 exc, (asyncpg.PostgresConnectionError, OperatorInterventionError)
@@ -753,20 +739,46 @@ class MessageStore:
             raise
         finally:
             if lease is not None:
-                if (not self._generic and raw in self._generic_conns
-                        and not self._db.keeps_another_writer()):
-                    # Back to the pool: the cursor writer and the API plan per call
-                    # on a small table (see above), so give it back as it came.
-                    try:
-                        await raw.execute("SET plan_cache_mode = force_custom_plan")
-                    except BaseException:
-                        try:
-                            await conn.invalidate()
-                        finally:
-                            await conn.close()
-                        raise
-                    self._generic_conns.discard(raw)
-                await self._db.release_writer(lease)
+                await self._give_back(conn, raw)
+
+    async def _give_back(self, conn: AsyncConnection, raw: asyncpg.Connection) -> None:
+        """Return a usable writer connection.  One that goes back to the pool (the
+        append keeps enough) is put back in per-call plan mode first while the
+        table is small: the cursor writer and the API expect it (see above)."""
+        if not self._generic and not self._db.keeps_another_writer():
+            try:
+                await self._set_plans(raw, False)
+            except BaseException:
+                try:
+                    await conn.invalidate()
+                finally:
+                    await conn.close()
+                raise
+        await self._db.release_writer((conn, raw))
+
+    async def _append_statements(
+        self, raw: asyncpg.Connection, batch: Sequence[NewMessage], single: bool
+    ) -> list[AppendResult]:
+        """The batch's statements on ``raw``: ``SINGLE_SQL``, ``ONE_SQL`` or the
+        general path's transaction."""
+        if single:
+            m = batch[0]
+            row = await raw.fetchrow(
+                SINGLE_SQL, m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
+                m.sender_device, m.kind, m.body, m.digest, m.created_at,
+            )
+            assert row is not None  # one row, always
+            return [_one_result(row)]
+        if _one_statement(batch):
+            return [_one_result(r) for r in await raw.fetch(
+                ONE_SQL, *PgBatch.one_args([
+                    (m.tenant_id, m.conversation_id, m.msg_id, m.sender_id,
+                     m.sender_device, m.kind, m.body, m.digest, m.created_at)
+                    for m in batch
+                ])
+            )]
+        async with raw.transaction():
+            return await self._append_raw(raw, batch)
 
     async def _append_raw(
         self, raw: asyncpg.Connection, batch: Sequence[NewMessage]

@@ -1,6 +1,6 @@
 """The load worker's precise wake-up (a timerfd on the running loop): it fires,
-never before its deadline; re-arming moves the deadline; a cancelled one never
-fires; a deadline already past fires on the loop's next turn."""
+never before its deadline; re-arming moves the deadline; a deadline already
+past fires on the loop's next turn."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ async def test_fires_once_and_never_before_its_deadline() -> None:
         timer.close()
 
 
-async def test_rearming_moves_the_deadline_and_cancel_disarms() -> None:
+async def test_rearming_moves_the_deadline() -> None:
     loop = asyncio.get_running_loop()
     fired_a: list[int] = []
     fired_b: list[int] = []
@@ -66,14 +66,6 @@ async def test_rearming_moves_the_deadline_and_cancel_disarms() -> None:
         assert fired_a == []  # the first deadline was replaced
         await _wait(event_a)
         assert fired_a[0] >= now + 20_000_000
-        event_a.clear()
-        event_b.clear()
-        now = time.monotonic_ns()
-        a.at(now + 2_000_000)
-        a.cancel()
-        b.at(now + 10_000_000)
-        await _wait(event_b)
-        assert len(fired_a) == 1  # cancelled: it did not fire at 2 ms
     finally:
         a.close()
         b.close()
