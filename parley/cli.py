@@ -21,13 +21,12 @@ import click
 
 from parley import __version__
 from parley.config import Settings, load_settings, masked_settings
-from parley.errors import ConfigError, ParleyError
+from parley.errors import EXIT_CONFIG, ConfigError, ParleyError
 
 __all__ = ["main"]
 
 T = TypeVar("T")
 
-EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 

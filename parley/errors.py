@@ -30,6 +30,7 @@ on HTTP and an ``error`` frame on the WebSocket (see docs/protocol.md).
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CONFIG",
     "BadRequest",
     "ConfigError",
     "Conflict",
@@ -168,6 +169,10 @@ class ConfigError(ParleyError):
     """A setting is invalid; raised before the node starts."""
 
     code = "config_error"
+
+
+EXIT_CONFIG = 2
+"""The exit code of a ``parley`` command that refused a setting (``ConfigError``)."""
 
 
 class StartupError(ParleyError):

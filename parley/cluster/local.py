@@ -16,8 +16,9 @@ links       ``P + 10 i + 3`` (internal)
 data        ``<data_dir>/node-<i+1>``
 ==========  ============================================
 
-The first three nodes (five from five nodes on) are raft voters; the others
-join as non-voting members.  The cluster secret is the configured one, or one
+The first node (of one or two), the first three (of three or four) or the
+first five (from five nodes on) are raft voters; the others join as
+non-voting members.  The cluster secret is the configured one, or one
 generated once and kept in ``<data_dir>/cluster-secret`` (mode 0600).
 
 The nodes share the database, so unless ``commit_partitions`` is configured
@@ -27,7 +28,10 @@ msg/s across them: 4 commit loops per node (24 committers) gave send->deliver
 p50 206 ms / p99 487 ms, 1 per node 46 / 130 ms (docs/performance.md).
 
 A node that exits on its own is started again after a backoff (1 s doubling to
-30 s); Ctrl-C or SIGTERM stops every node gracefully and waits for them.
+30 s), unless it exited with the configuration error code (2): a setting that
+the node refuses will not change by restarting it, so the whole cluster stops
+and ``parley serve`` exits with that code.  Ctrl-C or SIGTERM stops every node
+gracefully and waits for them.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parley.config import Settings
-from parley.errors import ConfigError
+from parley.errors import EXIT_CONFIG, ConfigError
 
 __all__ = ["LocalCluster", "NodePlan", "plan_nodes"]
 
@@ -64,7 +68,9 @@ class NodePlan:
 
 
 def voter_count(nodes: int) -> int:
-    return 5 if nodes >= 5 else min(nodes, 3)
+    """Raft voters among ``nodes``: an odd count (an even one tolerates no more
+    failures than one fewer), the rest join as non-voting members."""
+    return 5 if nodes >= 5 else 3 if nodes >= 3 else 1
 
 
 def cluster_secret(settings: Settings) -> str:
@@ -164,6 +170,10 @@ class LocalCluster:
             code = await proc.wait()
             if self._stopping.is_set() or not self.restart:
                 return code
+            if code == EXIT_CONFIG:
+                self.out(f"[{plan.node_id}] refused its configuration; stopping the cluster")
+                self.stop()
+                return code
             self.out(f"[{plan.node_id}] exited with {code}; starting it again in {delay:.0f} s")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -192,4 +202,6 @@ class LocalCluster:
             self.out(f"[{p.node_id}] http :{p.port}  ws :{p.ws_port}  raft {p.raft_addr}  "
                      f"links {p.link_addr}  ({role})")
         codes = await asyncio.gather(*(self._keep(p) for p in self.plans))
+        if EXIT_CONFIG in codes:
+            return EXIT_CONFIG
         return 0 if all(c == 0 for c in codes) else 1

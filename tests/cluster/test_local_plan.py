@@ -1,14 +1,16 @@
-"""How ``parley serve --nodes N`` lays out its nodes (no process started)."""
+"""How ``parley serve --nodes N`` lays out its nodes, and what its supervisor does when
+one refuses its settings."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from parley.cluster.local import plan_nodes
+from parley.cluster.local import LocalCluster, plan_nodes
 from parley.config import Settings, load_settings
-from parley.errors import ConfigError
+from parley.errors import EXIT_CONFIG, ConfigError
 
 PG = "postgresql://parley:parley@127.0.0.1/parley"
 
@@ -44,3 +46,27 @@ def test_sqlite_cannot_run_several_nodes(tmp_path: Path) -> None:
     s = load_settings(None, {"data_dir": tmp_path, "port": 9000})
     with pytest.raises(ConfigError, match="PostgreSQL"):
         plan_nodes(s, 2)
+
+
+@pytest.mark.parametrize(("nodes", "voters"), [(1, 1), (2, 1), (3, 3), (4, 3), (5, 5), (6, 5)])
+def test_voters_are_an_odd_count(tmp_path: Path, nodes: int, voters: int) -> None:
+    plans = plan_nodes(_settings(tmp_path), nodes)
+    peers = {p.env["PARLEY_CLUSTER_PEERS"] for p in plans}
+    assert peers == {",".join(p.raft_addr for p in plans[:voters])}
+    # every node accepts the plan's cluster settings (2 voters were refused)
+    for p in plans:
+        load_settings(None, {k.removeprefix("PARLEY_").lower(): v for k, v in p.env.items()})
+
+
+async def test_a_node_refusing_its_settings_stops_the_cluster(tmp_path: Path) -> None:
+    """A configuration error does not go away by restarting: ``parley serve --nodes``
+    exits with the configuration code instead of restarting the node forever."""
+    plans = plan_nodes(_settings(tmp_path), 2)
+    for p in plans:
+        p.env["PARLEY_PING_TIMEOUT_S"] = "-1"
+    lines: list[str] = []
+    async with asyncio.timeout(60):
+        code = await LocalCluster(plans, out=lines.append).run()
+    assert code == EXIT_CONFIG
+    assert not any("starting it again" in line for line in lines), lines
+    assert any("refused its configuration" in line for line in lines), lines
