@@ -45,7 +45,8 @@ def cluster() -> None:
 def status(config_file: Path | None, url: str | None, as_json: bool,
            data_dir: Path | None) -> None:
     """Nodes, states, voters, leader, slots and sessions per node."""
-    from parley.cli import EXIT_CONFIG, _fail, _load
+    from parley.cli import _fail, _load
+    from parley.errors import EXIT_CONFIG
 
     settings = _load(config_file, **({"data_dir": data_dir} if data_dir else {}))
     generated = settings.data_dir / "cluster-secret"
