@@ -40,7 +40,7 @@ from parley.cluster.node import ClusterNode
 from parley.cluster.router import ClusterRouter
 from parley.cluster.slots import SLOTS
 from parley.config import Settings
-from parley.errors import ConfigError, StartupError
+from parley.errors import ConfigError, ParleyError, StartupError
 from parley.gateway import GatewayConfig, GatewayServer
 from parley.heap import HeapKeeper, freeze_startup_heap
 from parley.hub import LocalHub
@@ -58,6 +58,7 @@ from parley.store import AccountStore, Database, SchemaState, Tenant, schema_sta
 from parley.store.batcher import CursorWriter, WriteBatcher
 from parley.store.conversations import ConversationStore
 from parley.store.cursors import CursorStore
+from parley.store.database import describe_db_error
 from parley.store.identities import IdentityStore
 from parley.store.jobs import JobStore, MaintenanceStore
 from parley.store.keys import KeyStore
@@ -178,7 +179,7 @@ class Node:
         try:
             await db.ping()
         except Exception as exc:  # noqa: BLE001 - drivers raise many types; report one line
-            raise StartupError(f"database unreachable: {type(exc).__name__}: {exc}") from None
+            raise StartupError(f"database unreachable: {describe_db_error(exc)}") from None
         async with db.startup_lock():  # nodes sharing a database bootstrap one at a time
             await self._prepare_schema(db)
             self.accounts = AccountStore(db)
@@ -299,8 +300,10 @@ class Node:
     async def _prepare_schema(self, db: Database) -> None:
         try:
             status = await schema_status(db)
+        except ParleyError:
+            raise
         except Exception as exc:  # noqa: BLE001 - drivers raise many types; report one line
-            raise StartupError(f"database unreachable: {type(exc).__name__}: {exc}") from None
+            raise StartupError(f"database unreachable: {describe_db_error(exc)}") from None
         if status.state is SchemaState.AHEAD:
             raise StartupError(
                 f"database schema {','.join(status.current)} is newer than this Parley "

@@ -32,9 +32,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from parley.errors import ConfigError
 
-__all__ = ["Backend", "Database", "normalize_url"]
+__all__ = ["Backend", "Database", "describe_db_error", "normalize_url"]
 
 Backend = Literal["sqlite", "postgresql"]
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """One line for a driver's error.  SQLAlchemy wraps it with the statement and a
+    link to its documentation, which belong in a debug log, not in the error an
+    operator reads."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
 
 
 def normalize_url(url: str) -> URL:
@@ -115,6 +124,8 @@ class Database:
         echo: bool = False,
     ) -> None:
         self.url = normalize_url(url)
+        self.pg_schema = pg_schema
+        """The PostgreSQL schema on the search path (None: the role's default)."""
         self._sqlite_synchronous = sqlite_synchronous
         self._appender: SqliteAppender | None = None
         self._held: list[tuple[AsyncConnection, Any]] = []

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
 
-from parley.store.database import Database
+from parley.errors import ConfigError, StartupError
+from parley.store.database import Database, describe_db_error
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -114,8 +115,24 @@ def _current(conn: Connection) -> tuple[str, ...]:
 
 
 async def schema_status(db: Database) -> SchemaStatus:
-    """Compare the database's revision with this code's head."""
+    """Compare the database's revision with this code's head.
+
+    Raises ``ConfigError`` when the configured PostgreSQL schema does not exist:
+    PostgreSQL would then create tables in no schema at all ("no schema has been
+    selected"), and creating it here would hide a misspelt name behind an empty
+    database.
+    """
     async with db.reader.connect() as conn:
+        if db.backend == "postgresql" and db.pg_schema:
+            found = await conn.scalar(
+                text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": db.pg_schema}
+            )
+            if found is None:
+                raise ConfigError(
+                    f"database schema {db.pg_schema!r} does not exist in this database: "
+                    f"create it (CREATE SCHEMA ... AUTHORIZATION the node's role) or "
+                    f"unset database_schema"
+                )
         current = await conn.run_sync(_current)
     head = head_revision()
     if not current:
@@ -150,6 +167,9 @@ async def upgrade(db: Database, revision: str = "head") -> SchemaStatus:
     Raises ``SchemaTooNew`` (via the caller's check) is not done here: call
     ``schema_status`` first when the code may be older than the database.
     """
-    async with db.writer.begin() as conn:
-        await conn.run_sync(_upgrade, revision)
+    try:
+        async with db.writer.begin() as conn:
+            await conn.run_sync(_upgrade, revision)
+    except Exception as exc:  # noqa: BLE001 - e.g. the role may not create tables
+        raise StartupError(f"schema upgrade failed: {describe_db_error(exc)}") from None
     return await schema_status(db)

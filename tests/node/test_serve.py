@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 import signal
 import socket
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import PG_DSN, PG_SKIP_REASON, drop_pg_schema, new_pg_schema
 from tests.node.helpers import NodeProcess, run_cli
 
 FAST_ARGON = {"PARLEY_ARGON2_MEMORY_KIB": "19456", "PARLEY_ARGON2_TIME_COST": "2",
@@ -119,3 +122,46 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
     r = run_cli("serve", "--data-dir", d, "--port", "0", env=_env())
     assert r.returncode == 1
     assert "newer than this Parley" in _one_line_error(r.stderr)
+
+
+@pytest.mark.pg
+async def test_missing_postgresql_schema_is_one_line(tmp_path: Path) -> None:
+    """A misspelt ``database_schema`` is refused, not created (nor half-migrated)."""
+    if not PG_DSN:
+        pytest.skip(PG_SKIP_REASON)
+    missing = "no_such_schema_" + secrets.token_hex(4)
+    env = _env(PARLEY_DATABASE_URL=PG_DSN, PARLEY_DATABASE_SCHEMA=missing)
+    for args in (("migrate",), ("serve", "--port", "0")):
+        r = run_cli(*args, "--data-dir", str(tmp_path / "d"), env=env)
+        assert r.returncode == 2, r.stderr
+        line = _one_line_error(r.stderr)
+        assert f"database schema '{missing}' does not exist" in line
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        assert await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", missing) is None
+    finally:
+        await conn.close()
+
+
+@pytest.mark.pg
+async def test_failed_schema_upgrade_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """The upgrade runs in one transaction: a table in its way fails it whole."""
+    schema = await new_pg_schema("serve_")
+    try:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'CREATE TABLE "{schema}".users (x int)')
+            env = _env(PARLEY_DATABASE_URL=PG_DSN, PARLEY_DATABASE_SCHEMA=schema)
+            for args in (("migrate",), ("serve", "--port", "0")):
+                r = run_cli(*args, "--data-dir", str(tmp_path / "d"), env=env)
+                assert r.returncode == 1, r.stderr
+                line = _one_line_error(r.stderr)
+                assert line.startswith("parley: error: schema upgrade failed: ")
+                assert "users" in line and "already exists" in line
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+            assert [t["tablename"] for t in tables] == ["users"]
+        finally:
+            await conn.close()
+    finally:
+        await drop_pg_schema(schema)
