@@ -23,6 +23,7 @@ import click
 
 if TYPE_CHECKING:  # the heavy modules load only when a bench runs
     from parley.bench.coordinator import Coordinator, PhaseResult
+    from parley.bench.diskprobe import DiskProbe
     from parley.bench.scenarios import Shape
 
 __all__ = ["bench"]
@@ -51,6 +52,7 @@ class Common:
     keepalive_s: float
     deadline_s: float | None
     connect_rate: float
+    disk_probe: Path | None
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -108,6 +110,11 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
                      "together [default: 0, as fast as the server answers]."),
         click.option("--deadline", "deadline_s", type=click.FloatRange(5, 86400),
                      help="Hard limit for the whole run [default: computed from the sizes]."),
+        click.option("--disk-probe", type=click.Path(file_okay=False, exists=True,
+                                                     path_type=Path),
+                     help="Write and flush 8 KiB in this directory every 10 ms during the "
+                     "run and report the flush times: on the database's disk, it tells "
+                     "the disk's stalls from the server's."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -298,6 +305,7 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
               phases: list[Phase], bound: tuple[str, float] | None,
               deadline: float) -> dict[str, Any]:
     from parley.bench.coordinator import Coordinator, RunConfig
+    from parley.bench.diskprobe import DiskProbe
     from parley.bench.targets import TargetOptions, load_target
 
     options = TargetOptions(
@@ -311,6 +319,7 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
     t0 = time.monotonic()
     ticker: asyncio.Task[None] | None = None
     live = None
+    probe: DiskProbe | None = None
     try:
         async with asyncio.timeout(deadline):
             await target.start()
@@ -324,6 +333,9 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
             cfg = RunConfig(shape=shape, workers=c.workers, keepalive_s=c.keepalive_s,
                             drain_s=c.drain_s, deadline_s=deadline, connect_rate=c.connect_rate)
             coord = Coordinator(target, cfg, progress)
+            if c.disk_probe is not None:
+                probe = coord.probe = DiskProbe(c.disk_probe, t0=coord.t_start)
+                probe.start()
             ticker = asyncio.create_task(coord.ticker())
             try:
                 await coord.connect(prov)
@@ -337,6 +349,8 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
             ticker.cancel()
         if live is not None:
             live.stop()
+        if probe is not None:
+            probe.stop()
         await target.close()
     return _result(scenario, params, started_at, time.monotonic() - t0, coord, results, bound,
                    c.target, shape, placement)
@@ -428,6 +442,8 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
         "errors": coord.errors(), "versions": versions(), "machine": machine(),
         "series": coord.series,
     }
+    if coord.probe is not None:
+        result["disk_probe"] = coord.probe.summary()
     if bound is not None:
         passing = [r for r in results if _passed(r, bound)]
         last = results[-1] if results else None

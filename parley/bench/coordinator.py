@@ -6,7 +6,8 @@ warm-up then the measured duration, then a bounded drain until every
 acknowledged message reached every receiver, then ``check``: the checker's
 verdict) -> ``finish`` -> ``target.close()``.  Everything is under one hard
 deadline.  Per-second points (rates, latency percentiles, connections, server
-RSS/CPU, client CPU) form the time series; a point whose second lies mostly in
+RSS/CPU, client CPU, and with a ``DiskProbe`` the disk's longest flush) form the
+time series; a point whose second lies mostly in
 a warm-up is labelled ``warmup``, and every point shows the latencies of all the
 messages acknowledged or delivered in its second, warm-up or not.
 
@@ -32,6 +33,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from parley.bench.checker import SenderSummary, StreamSummary, Verdict, verdict
+from parley.bench.diskprobe import DiskProbe
 from parley.bench.scenarios import Shape, user_specs
 from parley.bench.stats import ServerSample, ServerStats
 from parley.bench.targets import Provisioned, Target
@@ -196,10 +198,13 @@ class _Totals:
 class Coordinator:
     """Runs one scenario against a started, provisioned target."""
 
-    def __init__(self, target: Target, cfg: RunConfig, progress: Any = None) -> None:
+    def __init__(self, target: Target, cfg: RunConfig, progress: Any = None,
+                 probe: DiskProbe | None = None) -> None:
         self.target = target
         self.cfg = cfg
         self.progress = progress
+        self.probe = probe
+        """Its longest flush of each second goes into the series (``disk_flush_max_ms``)."""
         self.workers: list[_WorkerHandle] = []
         self.all = _Totals()
         self.phase = _Totals()
@@ -414,6 +419,8 @@ class Coordinator:
             if srv else None,
             "server_rss_bytes": srv.rss_bytes if srv else None,
         }
+        if self.probe is not None:
+            point["disk_flush_max_ms"] = self.probe.take_max_ms()
         if prev:
             self.series.append(point)
         prev.update(cur)

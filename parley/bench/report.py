@@ -83,6 +83,12 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         lines.append(f"client CPU {cl.get('cpu_s', 0):.1f} s "
                      f"({cl.get('cpu_us_per_msg') or 0:.1f} µs per message sent or delivered), "
                      f"lag p99 {cl.get('lag_ms', {}).get('p99', 0):.2f} ms")
+    dp = r.get("disk_probe")
+    if dp:
+        lines.append(f"disk flush ({dp['dir']}): {dp['count']} flushes, p50 {dp['p50']:.2f} "
+                     f"p99 {dp['p99']:.2f} max {dp['max']:.2f} ms; {dp['over_stall']} over "
+                     f"{dp['stall_ms']:g} ms" + (f" (stopped: {dp['error']})"
+                                                  if dp.get("error") else ""))
     if "max_rate_per_s" in r:
         lines.append(f"highest sustained rate: {r['max_rate_per_s']:g} msg/s "
                      f"({r.get('stop_reason', '')})")
@@ -107,6 +113,9 @@ def write_plots(r: dict[str, Any], out: Path) -> list[Path]:
     for key, label in (("ack_ms", "send->ack"), ("deliver_ms", "send->deliver")):
         for pct, style in (("p50", "-"), ("p99", "--"), ("p999", ":")):
             ax.plot(t, [p[key][pct] for p in series], style, label=f"{label} {pct}")
+    if "disk_probe" in r:  # a server's stall that lines up with a disk stall is the disk's
+        ax.plot(t, [p.get("disk_flush_max_ms") or float("nan") for p in series], "k.",
+                label="disk flush max")
     ax.set(xlabel="time (s)", ylabel="latency (ms)", title=f"{title}: latency per second")
     ax.legend(fontsize="small")
     files.append(_save(fig, out / "latency_over_time.png", plt))

@@ -126,15 +126,22 @@ def test_connect_rate_paces_the_ramp(node: tuple[list[str], dict[str, str]],
 
 
 def test_chat(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    probed = tmp_path / "disk"
+    probed.mkdir()
     proc = bench("chat", *node[0], *_out(tmp_path), "--users", "20", "--rate", "200",
                  "--duration", "1.5", "--workers", "2", "--plot", str(tmp_path / "plots"),
-                 env=node[1])
+                 "--disk-probe", str(probed), env=node[1])
     r = _check(tmp_path, proc, "chat", node[1])
     assert r["sent"] == 300 and r["acked"] == 300 and r["delivered"] == 300
     assert r["ack_ms"]["count"] == 300 and r["deliver_ms"]["count"] == 300
     assert r["client"]["workers"] == 2
     assert r["server"]["source"] == "metrics"
     _plots(tmp_path / "plots")
+    dp = r["disk_probe"]
+    assert dp["dir"] == str(probed) and dp["count"] > 0 and "error" not in dp
+    assert any(p.get("disk_flush_max_ms") for p in r["series"])
+    assert "disk flush (" in proc.stdout
+    assert list(probed.iterdir()) == []  # the probe's file is gone
 
 
 def test_chat_with_warmup(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
