@@ -69,10 +69,8 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
-from asyncpg.exceptions import OperatorInterventionError
 from sqlalchemy import (
     ColumnElement,
     RowMapping,
@@ -101,6 +99,9 @@ from parley.store.pgappend import (
     PgBatch,
 )
 from parley.store.tables import conversations, members, messages
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = [
     "RECALL_KIND",
@@ -720,6 +721,10 @@ class MessageStore:
             await self._plan_mode(raw, single)
             return await self._append_statements(raw, batch, single)
         except BaseException as exc:
+            # (imported here: a node on SQLite never loads the driver, ~5 MB)
+            import asyncpg
+            from asyncpg.exceptions import OperatorInterventionError
+
             broken = not isinstance(exc, asyncpg.PostgresError) or isinstance(
                 exc, (asyncpg.PostgresConnectionError, OperatorInterventionError)
             ) or raw.is_closed()

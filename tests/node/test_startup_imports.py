@@ -18,6 +18,7 @@ from parley.cli import main
 
 NOT_AT_STARTUP = [
     "alembic",  # only to upgrade the schema (parley.store.migrate)
+    "asyncpg",  # only on PostgreSQL (SQLAlchemy's dialect loads it with the engine)
     "ldap3",  # only with an LDAP directory configured (parley.auth.ldap)
     "parley.bench.cli",  # parley bench
     "parley.cluster.chaos",  # parley chaos
