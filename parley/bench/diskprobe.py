@@ -118,19 +118,15 @@ class DiskProbe:
 
     def summary(self) -> dict[str, Any]:
         """Flush latency over the probe's life (ms) and the flushes over ``stall_ms``."""
+        from parley.bench.coordinator import percentiles  # (the coordinator imports us)
+
         with self._lock:
-            h = self._hist
-            count = h.get_total_count()
             out: dict[str, Any] = {
-                "dir": str(self.directory), "interval_s": self.interval_s, "count": count,
-                "stall_ms": self.stall_ms,
+                "dir": str(self.directory), "interval_s": self.interval_s,
+                "stall_ms": self.stall_ms, "over_stall": self._over,
                 "stalls": [{"t": round(t, 3), "ms": round(ms, 1)} for t, ms in self._stalls],
-                "over_stall": self._over,
+                **percentiles(self._hist),
             }
-            for name, pct in (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9)):
-                out[name] = h.get_value_at_percentile(pct) / 1000 if count else 0.0
-            out["max"] = h.get_max_value() / 1000 if count else 0.0
         if self.error is not None:
             out["error"] = self.error
         return out
-
