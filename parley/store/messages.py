@@ -721,7 +721,7 @@ class MessageStore:
             await self._plan_mode(raw, single)
             return await self._append_statements(raw, batch, single)
         except BaseException as exc:
-            # (imported here: a node on SQLite never loads the driver, ~5 MB)
+            # (imported here: a node on SQLite never loads the driver, ~2.6 MB of RSS)
             import asyncpg
             from asyncpg.exceptions import OperatorInterventionError
 

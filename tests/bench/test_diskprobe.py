@@ -31,7 +31,9 @@ def test_probe_flushes_reports_and_cleans_up(tmp_path: Path) -> None:
     assert s["count"] >= 5 and "error" not in s
     assert 0 < s["p50"] <= s["p99"] <= s["max"]
     # every flush takes at least a microsecond, so each is over a 1 µs stall bound
-    assert s["over_stall"] == s["count"] == len(s["stalls"])
+    # (the result keeps the first 200 stalls; a slow machine may flush more first)
+    assert s["over_stall"] == s["count"]
+    assert len(s["stalls"]) == min(s["count"], 200)
     assert all(st["t"] >= 0 and st["ms"] > 0 for st in s["stalls"])
     assert probe.take_max_ms() == pytest.approx(s["max"], rel=0.01)
     assert probe.take_max_ms() is None  # taken: nothing new since
