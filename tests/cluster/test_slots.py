@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from parley.cluster.slots import (
     SLOTS,
     UNASSIGNED,
     SlotMap,
+    _balanced,
+    _walk,
     crc16,
     rebalance,
     slot_of_user,
@@ -141,6 +143,40 @@ def test_rebalance_is_balanced_minimal_and_deterministic(
     assert rebalance(current, list(reversed(active))) == new
     assert new.epoch == (current.epoch if not moved else current.epoch + 1)
     assert rebalance(new, active) is new  # stable once balanced
+
+
+@settings(max_examples=60, deadline=None)
+@given(slot_maps(), active_sets)
+def test_the_balanced_shortcut_agrees_with_the_walk(current: SlotMap, active: list[str]) -> None:
+    """``rebalance`` answers a balanced map without walking the table (the leader
+    asks ten times a second); the shortcut never changes the answer."""
+    ordered = sorted(active)
+    walked = _walk(current, ordered)
+    assert rebalance(current, active) == walked
+    assert _balanced(current, ordered) == (walked is current)
+    assert _balanced(walked, ordered) and rebalance(walked, active) is walked
+
+
+@settings(max_examples=80, deadline=None)
+@given(active_sets, st.lists(st.tuples(st.integers(0, 11), st.integers(0, 12)),
+                             min_size=1, max_size=3))
+@example(["n0", "n1", "n2"], [(0, 12)])  # the one larger share loses a slot to nobody
+def test_the_shortcut_sees_a_nearly_balanced_map(
+    active: list[str], changes: list[tuple[int, int]]
+) -> None:
+    """A balanced map with a few of its nodes' slots given to another owner (active
+    or not) or to nobody: the shortcut answers only when the walk keeps the map."""
+    ordered = sorted(active)
+    balanced = _walk(SlotMap.empty(), ordered)
+    owners = (*balanced.owners, *(n for n in NODE_IDS if n not in balanced.owners))[:12]
+    table = bytearray(balanced.table)
+    for i, (giver, owner) in enumerate(changes):
+        slot = balanced.slots_of(ordered[giver % len(ordered)])[i]
+        table[slot] = UNASSIGNED if owner == 12 else owner
+    current = SlotMap(balanced.epoch, owners, bytes(table))
+    walked = _walk(current, ordered)
+    assert _balanced(current, ordered) == (walked is current)
+    assert rebalance(current, active) == walked
 
 
 def test_ranges_round_trip_and_bounds() -> None:
