@@ -513,9 +513,13 @@ class PeerLink:
                 self.state = self.stats.state = _DOWN
                 self.stats.connect_failures += 1
                 failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    _log.warning("link %s->%s: %s (attempt %d)", links.node_id, self.node_id,
-                                 exc or type(exc).__name__, failures)
+                if failures in (1, _WARN_AFTER) or failures % 100 == 0:
+                    # A peer starting up or stopping with the rest of a local
+                    # cluster refuses a few attempts: worth a warning only once it
+                    # has stayed unreachable (attempt 10 comes after ~7 s).
+                    _log.log(logging.INFO if failures < _WARN_AFTER else logging.WARNING,
+                             "link %s->%s: %s (attempt %d)", links.node_id, self.node_id,
+                             exc or type(exc).__name__, failures)
                 await asyncio.sleep(_backoff(cfg, failures))
                 continue
             failures = 0
@@ -543,6 +547,10 @@ def _split(queue: list[Forward], limit: int) -> list[list[Forward]]:
         size += cost
     chunks.append(chunk)
     return chunks
+
+
+_WARN_AFTER = 10
+"""Failed connection attempts to a peer logged at INFO before the first WARNING."""
 
 
 def _backoff(cfg: LinkConfig, failures: int) -> float:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -455,6 +457,26 @@ async def test_a_killed_peer_is_seen_down_and_back_as_a_new_instance(cluster) ->
         await until(lambda: peer.seqs() == list(range(301, 401)))
     finally:
         await peer.kill()
+
+
+async def test_an_unreachable_peer_is_a_warning_only_once_it_stays_unreachable(
+    cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer refusing a few attempts (starting, or stopping with the rest of a local
+    cluster) is logged at INFO; the tenth failed attempt in a row is a WARNING."""
+    with socket.socket() as s:  # a port nobody listens on: every attempt is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a = cluster("a")
+    await a.start()
+    caplog.set_level(logging.INFO, logger="parley.cluster.links")
+    a.set_peers({"b": ("127.0.0.1", port)})
+    await until(lambda: a.stats().peers["b"].connect_failures >= 10, what="ten attempts")
+    tries = [r for r in caplog.records if "(attempt" in r.getMessage()]
+    assert [(r.levelno, r.getMessage().endswith("(attempt 1)")) for r in tries[:1]] == [
+        (logging.INFO, True)]
+    assert [r.getMessage()[-12:] for r in tries if r.levelno >= logging.WARNING] == [
+        "(attempt 10)"]
 
 
 async def test_a_stopped_peer_is_detected_within_seconds_and_its_queue_stays_bounded(
