@@ -11,7 +11,10 @@ judged by the checker like the others, their latencies only there;
 ``throughput_per_s`` and ``duration_s`` of each step are the measured part's.
 ``connections.placement`` says whether users were placed by the cluster's slot
 map or spread over the URLs, ``connections.redirected`` how many connections a
-node sent elsewhere before one accepted them.
+node sent elsewhere before one accepted them, ``connections.reconnected`` how
+many connections the server closed during the run were brought back (synced,
+unacknowledged messages resent with their ids; closes with codes other than
+1000 and 1001 are also counted in ``errors`` as ``close_<code>``).
 
 Plots (``--plot DIR``, matplotlib imported only then, Agg backend):
 ``latency_over_time.png``, ``latency_cdf.png``, ``connections.png``,
@@ -70,8 +73,9 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     if c:
         lines.append(f"connections {c.get('open')}/{c.get('requested')} open, "
                      f"{c.get('failed')} failed, {c.get('rate_per_s', 0):.0f}/s, "
-                     f"{c.get('redirected', 0)} redirected "
-                     f"(placement: {c.get('placement', 'spread')})")
+                     f"{c.get('redirected', 0)} redirected"
+                     + (f", {c['reconnected']} reconnected" if c.get("reconnected") else "")
+                     + f" (placement: {c.get('placement', 'spread')})")
     s = r.get("server", {})
     if s.get("rss_bytes"):
         per = s.get("rss_per_connection_bytes")

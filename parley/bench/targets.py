@@ -68,8 +68,18 @@ from picows import (
     ws_connect,
 )
 
-from parley.protocol import Msg, Reconnect, Sent, Welcome, decode_server_frame
-from parley.protocol.frames import ErrorFrame
+from parley.protocol import (
+    Cursor,
+    Msg,
+    Reconnect,
+    Sent,
+    Sync,
+    SyncPage,
+    Welcome,
+    decode_server_frame,
+    encode,
+)
+from parley.protocol.frames import MAX_CURSORS, ErrorFrame
 
 __all__ = [
     "ConnectFailed",
@@ -195,6 +205,11 @@ class Connector(Protocol):
 
         Returns once the server accepted it (Parley: after ``welcome``); raises
         :class:`ConnectFailed`.  ``keepalive_s``: ping when idle this long (None: never).
+
+        A connector may also offer ``reconnect(old, user, credential, url,
+        local_host, events, keepalive_s)``, taking the user's closed connection:
+        workers then bring back users whose connection the server closed, and
+        resend what was not acknowledged.  Without it such users stay closed.
         """
         ...
 
@@ -345,19 +360,40 @@ class ParleyConnector:
     acks: _AckTimer = field(default_factory=_AckTimer, hash=False, compare=False, repr=False)
 
     async def connect(self, user: int, credential: str, url: str, local_host: str,
-                      events: Events, keepalive_s: float | None) -> TargetConnection:
+                      events: Events, keepalive_s: float | None,
+                      resume: TargetConnection | None = None) -> TargetConnection:
         """Connect, following a cluster's redirects (``reconnect`` ``moved`` + 4010;
-        counted in the connection's ``redirects``)."""
+        counted in the connection's ``redirects``).  With ``resume`` (a closed
+        connection of the same user) the new one goes on where it stopped: the
+        same message-id nonce (a resent message is the same message), its
+        conversations' positions, and a ``sync`` for what came in between."""
+        bases = self.bases
+        identity: tuple[bytes, int] | None = None
+        if isinstance(resume, ParleyConnection):
+            bases = {**self.bases, **resume.positions()}
+            identity = resume.identity
         for redirects in range(4):
-            conn = await self._connect_once(credential, url, local_host, events, keepalive_s)
+            conn = await self._connect_once(credential, url, local_host, events, keepalive_s,
+                                            bases, identity)
             if conn.moved_to is None:
                 conn.redirects = redirects
+                if resume is not None:
+                    conn.sync()
                 return conn
             url = conn.moved_to.split("?")[0]
         raise ConnectFailed("redirects", "redirected too many times")
 
+    async def reconnect(self, old: TargetConnection, user: int, credential: str, url: str,
+                        local_host: str, events: Events, keepalive_s: float | None
+                        ) -> TargetConnection:
+        """``connect`` resuming ``old`` (see there)."""
+        return await self.connect(user, credential, url, local_host, events, keepalive_s,
+                                  resume=old)
+
     async def _connect_once(self, credential: str, url: str, local_host: str,
-                            events: Events, keepalive_s: float | None) -> ParleyConnection:
+                            events: Events, keepalive_s: float | None,
+                            bases: dict[int, int], identity: tuple[bytes, int] | None,
+                            ) -> ParleyConnection:
         ping: dict[str, Any] = {}
         if keepalive_s:
             ping = {"enable_auto_ping": True, "auto_ping_idle_timeout": keepalive_s,
@@ -367,7 +403,7 @@ class ParleyConnector:
         try:
             async with asyncio.timeout(self.connect_timeout_s + 1.0):
                 _, listener = await ws_connect(
-                    lambda: ParleyConnection(events, self.device, self.bases, self.acks),
+                    lambda: ParleyConnection(events, self.device, bases, self.acks, identity),
                     f"{url}{sep}device={self.device}",
                     extra_headers={"Authorization": f"Bearer {credential}"},
                     websocket_handshake_timeout=self.connect_timeout_s, max_redirects=0,
@@ -440,19 +476,24 @@ class ParleyConnection(WSListener):
     after a message arrived, at most once per conversation per 50 ms.
     """
 
-    __slots__ = ("_ack_due", "_acks", "_bases", "_convs", "_device", "_events", "_mid_prefix",
-                 "_nonce", "_pending", "_uid", "_ws", "closed_code", "moved_to", "redirects",
-                 "repushed", "welcomed")
+    __slots__ = ("_ack_due", "_acks", "_bases", "_convs", "_device", "_events", "_mid_ms",
+                 "_mid_prefix", "_nonce", "_pending", "_uid", "_ws", "closed_code", "identity",
+                 "moved_to", "redirects", "repushed", "welcomed")
 
     def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None,
-                 acks: _AckTimer | None = None) -> None:
+                 acks: _AckTimer | None = None, identity: tuple[bytes, int] | None = None
+                 ) -> None:
         self._events = events
         self._bases = bases or {}
         self._acks = acks if acks is not None else _AckTimer()
         self._device = device
         self._ws: WSTransport | None = None
         self._uid = 0
-        self._nonce = secrets.token_hex(3).encode()
+        self.identity = identity or (secrets.token_hex(3).encode(), time.time_ns() // 1_000_000)
+        """(nonce, time in ms) of this device's message ids: the same for every
+        message, so a message resent on a new connection keeps its id (the
+        token, 1, 2, 3, ..., keeps ids apart)."""
+        self._nonce, self._mid_ms = self.identity
         self._mid_prefix = b""
         """``1.<uid>.<device>.``, once welcomed."""
         self._convs: dict[str, int] = {}
@@ -473,8 +514,8 @@ class ParleyConnection(WSListener):
         cid = self._convs.get(conv)
         if cid is None:
             cid = self._convs[conv] = int(conv)
-        ws.send(_TEXT, _SEND % (token, cid, self._mid_prefix, time.time_ns() // 1_000_000,
-                                self._nonce, token, payload))
+        ws.send(_TEXT, _SEND % (token, cid, self._mid_prefix, self._mid_ms, self._nonce, token,
+                                payload))
 
     def close(self) -> None:
         if self._ws is not None and self.closed_code is None:
@@ -518,6 +559,12 @@ class ParleyConnection(WSListener):
             self._on_msg(cast(Msg, f))
         elif t is Sent:
             self._events.acked(cast(Sent, f).rid)
+        elif t is SyncPage:
+            page = cast(SyncPage, f)
+            for m in page.msgs:
+                self._on_msg(m)
+            if page.more:
+                self.sync()
         elif t is ErrorFrame:
             err = cast(ErrorFrame, f)
             if err.rid is not None:
@@ -541,6 +588,23 @@ class ParleyConnection(WSListener):
                 return
             self.welcomed.set_exception(ConnectFailed(f"closed_{code}"))
         self._events.closed(code, "")
+
+    # -- resuming ----------------------------------------------------------------
+    def positions(self) -> dict[int, int]:
+        """The highest seq of each conversation this connection holds every seq up to."""
+        out = {cid: self._bases[cid] for cid in self._convs.values() if cid in self._bases}
+        out.update((conv, state[0]) for conv, state in self._pending.items())
+        return out
+
+    def sync(self) -> None:
+        """Ask for what came after ``positions()`` (rid 0; answered by ``sync_page``,
+        whose messages go the way of pushes).  Conversations without a position
+        start from the device's stored delivery cursor."""
+        ws = self._ws
+        if ws is None or self.closed_code is not None:
+            return
+        cursors = [Cursor(conv, seq) for conv, seq in sorted(self.positions().items())]
+        ws.send(_TEXT, encode(Sync(rid=0, cursors=cursors[:MAX_CURSORS])))
 
     # -- receiving ---------------------------------------------------------------
     def _on_msg(self, m: _PushedMsg | Msg) -> None:

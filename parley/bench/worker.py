@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import threading
 import time
 from collections import Counter
@@ -75,6 +76,11 @@ machine, loop timers against a timerfd with ticks 0.2 ms apart: load client 14.5
 against 18 µs of CPU per message, node 68-69 against 75-83 µs (fewer frames per
 wake-up), ack p99 94-108 ms against 0.67-4.2 s; with ticks 1 ms apart the
 timerfd fell behind at 1,000 sends/s (a tick as long as the step drifts late)."""
+_RESUME_FIRST_S = 0.1
+_RESUME_MAX_S = 2.0
+_RESUME_GIVE_UP_S = 60.0
+"""A user whose connection the server closed is reconnected after 50-100 ms, then
+with doubling pauses up to 2 s, for at most a minute (then counted in errors)."""
 
 
 def new_histogram() -> HdrHistogram:
@@ -132,6 +138,8 @@ class Report:
     lateness, ``lag``, left out); ``deliver_hist`` counts from the intended time."""
     redirects: int = 0
     """Redirects followed before connections were accepted (``conn.redirects``)."""
+    reconnects: int = 0
+    """Connections the server closed that the worker brought back (see ``_Worker.resume``)."""
     warm_sent: int = 0
     warm_acked: int = 0
     warm_delivered: int = 0
@@ -142,16 +150,22 @@ class Report:
 class _User:
     """One bench user in a worker: its connection's :class:`Events`, and its sends."""
 
-    __slots__ = ("conn", "conv", "fanout", "index", "inflight", "next_seq", "w")
+    __slots__ = ("conn", "conv", "fanout", "index", "inflight", "late", "next_seq", "resuming",
+                 "spec", "w")
 
     def __init__(self, w: _Worker, spec: UserSpec) -> None:
         self.w = w
+        self.spec = spec
         self.index = spec.index
         self.conv = spec.conv
         self.fanout = spec.fanout
         self.conn: TargetConnection | None = None
         self.next_seq = 1
         self.inflight = w.ledger.open(spec.index) if spec.conv is not None else {}
+        self.late: dict[int, int] = {}
+        """seq -> the send's lateness (µs) written into its payload, until acked: a
+        message resent on a new connection must be the same bytes."""
+        self.resuming = False
 
     def send(self, intended_ns: int) -> None:
         seq = self.next_seq
@@ -161,10 +175,20 @@ class _User:
         w.sent += 1
         if intended_ns < w.measure_from:
             w.warm_sent += 1
-        if self.conn is not None and self.conv is not None:
-            late_us = (time.monotonic_ns() - intended_ns) // 1000
-            self.conn.send(self.conv, b"%d.%d.%d.%d" % (self.index, seq, intended_ns, late_us),
-                           seq)
+        if self.conv is not None:
+            late_us = self.late[seq] = (time.monotonic_ns() - intended_ns) // 1000
+            if self.conn is not None:
+                self.conn.send(self.conv, b"%d.%d.%d.%d" % (self.index, seq, intended_ns,
+                                                           late_us), seq)
+
+    def resend(self) -> None:
+        """Send again, in order, every message not acknowledged (same id, same bytes:
+        the server stores each once and acks a repeat with the first one's seq)."""
+        conn, conv, late = self.conn, self.conv, self.late
+        if conn is None or conv is None:
+            return
+        for seq, intended_ns in sorted(self.inflight.items()):
+            conn.send(conv, b"%d.%d.%d.%d" % (self.index, seq, intended_ns, late[seq]), seq)
 
     # -- Events ------------------------------------------------------------------
     def acked(self, token: int) -> None:
@@ -173,6 +197,7 @@ class _User:
         if t0 is None:
             w.errors["unexpected_ack"] += 1
             return
+        del self.late[token]
         w.acked += 1
         w.expected += self.fanout
         us = min((time.monotonic_ns() - t0) // 1000 or 1, HIST_MAX_US)
@@ -184,7 +209,11 @@ class _User:
 
     def failed(self, token: int, code: str) -> None:
         w = self.w
+        if token == 0:  # not a send: the connection's sync (rid 0)
+            w.errors[f"sync_{code}"] += 1
+            return
         w.ledger.failed(self.index, token)
+        self.late.pop(token, None)
         w.failed += 1
         w.errors[code] += 1
 
@@ -204,10 +233,13 @@ class _User:
 
     def closed(self, code: int, reason: str) -> None:
         w = self.w
-        if self.conn is not None:
+        old = self.conn
+        if old is not None:
             w.conns_open -= 1
             self.conn = None
         w.closes[code] += 1
+        if old is not None and code != 1000:
+            w.resume(self, old)
 
 
 class _Worker:
@@ -220,6 +252,10 @@ class _Worker:
         self.senders = [u for u in self.users if u.conv is not None]
         self.sent = self.acked = self.failed = self.delivered = self.expected = 0
         self.conns_open = self.conns_failed = self.connect_attempts = self.redirects = 0
+        self.reconnects = 0
+        self.live = False
+        """Between connecting and closing: a connection the server closes is resumed."""
+        self._resumes: set[asyncio.Task[None]] = set()
         self.warm_sent = self.warm_acked = self.warm_delivered = 0
         self.warm_from = self.measure_from = 0
         """Intended send times in ``[warm_from, measure_from)`` belong to a warm-up."""
@@ -255,7 +291,7 @@ class _Worker:
             expected=self.expected, duplicates=self.checker.duplicates, cpu_s=time.process_time(),
             errors=dict(self.errors), closes=dict(self.closes),
             ack_hist=ack, deliver_hist=deliver, connect_hist=connect, lag_hist=lag,
-            sent_deliver_hist=sent_deliver, redirects=self.redirects,
+            sent_deliver_hist=sent_deliver, redirects=self.redirects, reconnects=self.reconnects,
             warm_sent=self.warm_sent, warm_acked=self.warm_acked,
             warm_delivered=self.warm_delivered, warm_ack_hist=warm_ack,
             warm_deliver_hist=warm_deliver,
@@ -309,6 +345,47 @@ class _Worker:
 
         await asyncio.gather(*(one(i, u, s) for i, (u, s) in enumerate(
             zip(self.users, self.spec.users, strict=True))))
+        self.live = True
+
+    def resume(self, u: _User, old: TargetConnection) -> None:
+        """Bring ``u`` back after the server closed its connection (a node restarting
+        or draining, a slow consumer cut off), as an app would: reconnect with
+        backoff, sync what came in between, resend what was not acknowledged.
+        Only with a connector that can (``reconnect``); gives up after 60 s."""
+        reconnect = getattr(self.spec.connector, "reconnect", None)
+        if not self.live or u.resuming or reconnect is None:
+            return
+        u.resuming = True
+        task = asyncio.get_running_loop().create_task(self._resume(u, old, reconnect))
+        self._resumes.add(task)
+        task.add_done_callback(self._resumes.discard)
+
+    async def _resume(self, u: _User, old: TargetConnection, reconnect: Any) -> None:
+        spec, delay = u.spec, _RESUME_FIRST_S
+        give_up = time.monotonic() + _RESUME_GIVE_UP_S
+        try:
+            while self.live:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                self.connect_attempts += 1
+                try:
+                    conn = await reconnect(old, u.index, spec.credential, spec.url,
+                                           self.spec.local_host, u, self.spec.keepalive_s)
+                except ConnectFailed as exc:
+                    if time.monotonic() > give_up:
+                        self.errors[f"reconnect_{exc.code}"] += 1
+                        return
+                    delay = min(delay * 2, _RESUME_MAX_S)
+                    continue
+                if not self.live:
+                    conn.close()
+                    return
+                u.conn = conn
+                self.conns_open += 1
+                self.reconnects += 1
+                u.resend()
+                return
+        finally:
+            u.resuming = False
 
     async def run(self, t0_ns: int, duration_s: float, rate: float,
                   warmup_s: float = 0.0) -> None:
@@ -331,6 +408,9 @@ class _Worker:
             schedule.stop()
 
     def close_all(self) -> None:
+        self.live = False
+        for task in self._resumes:
+            task.cancel()
         for u in self.users:
             if u.conn is not None:
                 u.conn.close()

@@ -21,6 +21,8 @@ from parley.protocol import (
     Msg,
     Send,
     Sent,
+    Sync,
+    SyncPage,
     Welcome,
     WelcomeLimits,
     check_message_id,
@@ -81,10 +83,11 @@ def _msg(seq: int, payload: bytes, sender: int = 7, conv: int = 9) -> bytes:
 
 
 def _connected(acks: _AckTimer | None = None,
-               bases: dict[int, int] | None = None) -> tuple[ParleyConnection, _Events,
-                                                             _Transport]:
+               bases: dict[int, int] | None = None,
+               identity: tuple[bytes, int] | None = None,
+               ) -> tuple[ParleyConnection, _Events, _Transport]:
     events, ws = _Events(), _Transport()
-    conn = ParleyConnection(events, "bench", bases, acks or _AckTimer())
+    conn = ParleyConnection(events, "bench", bases, acks or _AckTimer(), identity)
     conn.on_ws_connected(ws)  # type: ignore[arg-type]
     _push(conn, encode(Welcome(uid=UID, device="bench", server_time=1, limits=LIMITS)))
     assert conn.welcomed.done()
@@ -164,3 +167,32 @@ async def test_connector_travels_to_a_worker_without_its_timer() -> None:
     copy = pickle.loads(pickle.dumps(connector))
     assert copy.bases == {9: 3}
     assert copy.acks is not connector.acks and not copy.acks._due
+
+
+async def test_a_resumed_connection_sends_the_same_ids_and_syncs_from_where_it_was() -> None:
+    """What a worker does after the server closed a connection: the new one writes
+    a resent message byte for byte as before (so the server stores it once), asks
+    ``sync`` from each conversation's last contiguous seq, and hands on the page's
+    messages like pushes: in order, none twice, its own left out."""
+    old, _, old_ws = _connected(bases={9: 0})
+    old.send("9", b"3.17.1.0", 17)
+    for seq in (1, 2, 4):  # 4 waits for 3, which the old connection never got
+        _push(old, _msg(seq, b"7.%d.1" % seq))
+    old.close()
+    assert old.positions() == {9: 2}
+
+    new, events, ws = _connected(bases=old.positions(), identity=old.identity)
+    new.send("9", b"3.17.1.0", 17)
+    assert ws.sent[-1] == old_ws.sent[0]
+    new.sync()
+    frame = decode_client_frame(ws.sent[-1], Limits())
+    assert isinstance(frame, Sync) and [(c.conv, c.seq) for c in frame.cursors] == [(9, 2)]
+
+    page = SyncPage(rid=0, more=True, msgs=[
+        msgspec.json.decode(_msg(seq, b"7.%d.1" % seq, sender), type=Msg)
+        for seq, sender in ((2, 7), (3, 7), (4, UID), (5, 7))])
+    _push(new, encode(page))
+    assert [c[1] for c in events.calls] == [b"7.3.1", b"7.5.1"]  # 2 was had, 4 is its own
+    assert new.repushed == 1
+    again = decode_client_frame(ws.sent[-1], Limits())  # "more": the next page from 5
+    assert isinstance(again, Sync) and [(c.conv, c.seq) for c in again.cursors] == [(9, 5)]
