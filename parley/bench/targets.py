@@ -369,12 +369,14 @@ class ParleyConnector:
         conversations' positions, and a ``sync`` for what came in between."""
         bases = self.bases
         identity: tuple[bytes, int] | None = None
+        resumed: dict[int, int] | None = None
         if isinstance(resume, ParleyConnection):
-            bases = {**self.bases, **resume.positions()}
+            resumed = resume.positions()
+            bases = {**self.bases, **resumed}
             identity = resume.identity
         for redirects in range(4):
             conn = await self._connect_once(credential, url, local_host, events, keepalive_s,
-                                            bases, identity)
+                                            bases, identity, resumed)
             if conn.moved_to is None:
                 conn.redirects = redirects
                 if resume is not None:
@@ -393,7 +395,7 @@ class ParleyConnector:
     async def _connect_once(self, credential: str, url: str, local_host: str,
                             events: Events, keepalive_s: float | None,
                             bases: dict[int, int], identity: tuple[bytes, int] | None,
-                            ) -> ParleyConnection:
+                            resumed: dict[int, int] | None) -> ParleyConnection:
         ping: dict[str, Any] = {}
         if keepalive_s:
             ping = {"enable_auto_ping": True, "auto_ping_idle_timeout": keepalive_s,
@@ -403,7 +405,8 @@ class ParleyConnector:
         try:
             async with asyncio.timeout(self.connect_timeout_s + 1.0):
                 _, listener = await ws_connect(
-                    lambda: ParleyConnection(events, self.device, bases, self.acks, identity),
+                    lambda: ParleyConnection(events, self.device, bases, self.acks, identity,
+                                             resumed),
                     f"{url}{sep}device={self.device}",
                     extra_headers={"Authorization": f"Bearer {credential}"},
                     websocket_handshake_timeout=self.connect_timeout_s, max_redirects=0,
@@ -477,12 +480,12 @@ class ParleyConnection(WSListener):
     """
 
     __slots__ = ("_ack_due", "_acks", "_bases", "_convs", "_device", "_events", "_mid_ms",
-                 "_mid_prefix", "_nonce", "_pending", "_uid", "_ws", "closed_code", "identity",
-                 "moved_to", "redirects", "repushed", "welcomed")
+                 "_mid_prefix", "_nonce", "_pending", "_resumed", "_uid", "_ws", "closed_code",
+                 "identity", "moved_to", "redirects", "repushed", "welcomed")
 
     def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None,
-                 acks: _AckTimer | None = None, identity: tuple[bytes, int] | None = None
-                 ) -> None:
+                 acks: _AckTimer | None = None, identity: tuple[bytes, int] | None = None,
+                 resumed: dict[int, int] | None = None) -> None:
         self._events = events
         self._bases = bases or {}
         self._acks = acks if acks is not None else _AckTimer()
@@ -494,6 +497,8 @@ class ParleyConnection(WSListener):
         message, so a message resent on a new connection keeps its id (the
         token, 1, 2, 3, ..., keeps ids apart)."""
         self._nonce, self._mid_ms = self.identity
+        self._resumed = resumed or {}
+        """The positions of the connection this one resumes (its ``positions()``)."""
         self._mid_prefix = b""
         """``1.<uid>.<device>.``, once welcomed."""
         self._convs: dict[str, int] = {}
@@ -591,8 +596,14 @@ class ParleyConnection(WSListener):
 
     # -- resuming ----------------------------------------------------------------
     def positions(self) -> dict[int, int]:
-        """The highest seq of each conversation this connection holds every seq up to."""
-        out = {cid: self._bases[cid] for cid in self._convs.values() if cid in self._bases}
+        """The highest seq of each conversation the user holds every seq up to: what
+        this connection received, else what the one it resumed held (a connection
+        closed before it received anything passes its predecessor's on), else the
+        run's start for the conversations it sends to."""
+        out = dict(self._resumed)
+        for cid in self._convs.values():
+            if cid not in out and cid in self._bases:
+                out[cid] = self._bases[cid]
         out.update((conv, state[0]) for conv, state in self._pending.items())
         return out
 

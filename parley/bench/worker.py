@@ -370,15 +370,22 @@ class _Worker:
                 try:
                     conn = await reconnect(old, u.index, spec.credential, spec.url,
                                            self.spec.local_host, u, self.spec.keepalive_s)
-                except ConnectFailed as exc:
+                except Exception as exc:  # noqa: BLE001 - any failed attempt is retried
                     if time.monotonic() > give_up:
-                        self.errors[f"reconnect_{exc.code}"] += 1
+                        code = exc.code if isinstance(exc, ConnectFailed) else type(exc).__name__
+                        self.errors[f"reconnect_{code}"] += 1
                         return
                     delay = min(delay * 2, _RESUME_MAX_S)
                     continue
                 if not self.live:
                     conn.close()
                     return
+                if getattr(conn, "closed_code", None) is not None:
+                    # Closed again before it got here (a slot moving on while the
+                    # cluster rebalances: 4010): its close found no connection to
+                    # resume, so this loop goes on.
+                    old = conn
+                    continue
                 u.conn = conn
                 self.conns_open += 1
                 self.reconnects += 1

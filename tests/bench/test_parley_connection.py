@@ -85,9 +85,10 @@ def _msg(seq: int, payload: bytes, sender: int = 7, conv: int = 9) -> bytes:
 def _connected(acks: _AckTimer | None = None,
                bases: dict[int, int] | None = None,
                identity: tuple[bytes, int] | None = None,
+               resumed: dict[int, int] | None = None,
                ) -> tuple[ParleyConnection, _Events, _Transport]:
     events, ws = _Events(), _Transport()
-    conn = ParleyConnection(events, "bench", bases, acks or _AckTimer(), identity)
+    conn = ParleyConnection(events, "bench", bases, acks or _AckTimer(), identity, resumed)
     conn.on_ws_connected(ws)  # type: ignore[arg-type]
     _push(conn, encode(Welcome(uid=UID, device="bench", server_time=1, limits=LIMITS)))
     assert conn.welcomed.done()
@@ -196,3 +197,11 @@ async def test_a_resumed_connection_sends_the_same_ids_and_syncs_from_where_it_w
     assert new.repushed == 1
     again = decode_client_frame(ws.sent[-1], Limits())  # "more": the next page from 5
     assert isinstance(again, Sync) and [(c.conv, c.seq) for c in again.cursors] == [(9, 5)]
+
+    # Closed again before it sent or received anything (its slot moved on while
+    # the cluster rebalanced): the next one still starts from 5, not from the
+    # run's start, where every message above it would wait for a gap forever.
+    brief, _, _ = _connected(bases={9: 0, **new.positions()}, identity=new.identity,
+                             resumed=new.positions())
+    brief.close()
+    assert brief.positions() == {9: 5}
