@@ -238,14 +238,15 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
         nodes[node_id] = info
         return self._set(r.with_nodes(nodes), "join", node_id)
 
-    def _set_state(self, node_id: str, allowed: tuple[NodeState, ...], new: NodeState) -> bool:
+    def _set_state(self, node_id: str, allowed: tuple[NodeState, ...], new: NodeState,
+                   event: str = "state") -> bool:
         r = self.replica
         old = r.node(node_id)
         if old is None or old.state not in allowed:
             return False
         nodes = {n.id: n for n in r.nodes}
         nodes[node_id] = dataclasses.replace(old, state=new)
-        return self._set(r.with_nodes(nodes), "state", node_id)
+        return self._set(r.with_nodes(nodes), event, node_id)
 
     @_replicated
     def drain(self, node_id: str) -> bool:
@@ -257,7 +258,10 @@ class _State(SyncObjConsumer):  # type: ignore[misc]
 
     @_replicated
     def set_active(self, node_id: str) -> bool:
-        return self._set_state(node_id, ("draining", "leaving", "dead"), "joining")
+        # Counts as seeing the node, as a join does: the joining state gets no
+        # grace, and a node that led the cluster before its restart sent no
+        # heartbeat for as long as it led (the next leader marked it dead at once).
+        return self._set_state(node_id, ("draining", "leaving", "dead"), "joining", "rejoin")
 
     @_replicated
     def heartbeat(self, node_id: str) -> bool:
@@ -867,7 +871,7 @@ class ClusterMembership:
 
     # -- applied commands (raft thread) and publication ---------------------------------------
     def _on_applied(self, event: str, node_id: str) -> None:
-        if node_id and event in ("heartbeat", "join"):
+        if node_id and event in ("heartbeat", "join", "rejoin"):
             self._last_seen[node_id] = time.monotonic()
         if event != "heartbeat":
             self._publish()

@@ -487,6 +487,42 @@ async def test_single_voter_assigns_every_slot_and_reports_changes_on_the_loop()
         await loop.run_in_executor(None, membership.stop)
 
 
+async def test_a_drained_node_set_active_again_is_not_marked_dead() -> None:
+    """``set_active`` counts as seeing the node, as a join does.  A node that led the
+    cluster sent no heartbeats while it led; drained and restarted, it asked for
+    slots again (joining, which gets no grace) and the next leader, going by the
+    heartbeat it last saw, marked it dead at once: its users stalled while it
+    flapped dead -> joining -> active."""
+    membership = ClusterMembership(_config())
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, membership.start)
+
+    def state() -> str | None:
+        info = membership.snapshot().nodes.get("b")
+        return None if info is None else info.state
+
+    async def until(cond: Callable[[], object], what: str) -> None:
+        async with asyncio.timeout(10):
+            while not cond():  # noqa: ASYNC110 - the controller thread changes it
+                await asyncio.sleep(0.01)
+
+    try:
+        await until(membership.is_leader, "the single voter to lead")
+        assert await membership._change(
+            "join", ("b", "http://127.0.0.1:1", "ws://127.0.0.1:2/v1/ws", "127.0.0.1:3", "",
+                     False))
+        await until(lambda: state() == "active", "b to become active")
+        assert await membership.drain("b") is True
+        await until(lambda: state() == "draining", "b to drain")
+        membership._last_seen["b"] = time.monotonic() - 10 * DEAD_AFTER_S  # long silent
+
+        assert await membership.set_active("b") is True
+        await until(lambda: state() in ("active", "dead"), "the leader's decision")
+        assert state() == "active"
+    finally:
+        await loop.run_in_executor(None, membership.stop)
+
+
 # PySyncObj's journal reads its meta file without closing it (journal.py, getMeta).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_voter_restores_its_state_from_the_dump_and_journal(tmp_path: Path) -> None:
