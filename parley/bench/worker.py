@@ -55,6 +55,7 @@ from hdrh.histogram import HdrHistogram
 from parley.bench.checker import ReceiveChecker, SendLedger
 from parley.bench.clock import precise_timer
 from parley.bench.targets import ConnectFailed, Connector, TargetConnection
+from parley.client import Backoff
 
 __all__ = ["Report", "UserSpec", "WorkerSpec", "new_histogram", "worker_main"]
 
@@ -76,8 +77,7 @@ machine, loop timers against a timerfd with ticks 0.2 ms apart: load client 14.5
 against 18 µs of CPU per message, node 68-69 against 75-83 µs (fewer frames per
 wake-up), ack p99 94-108 ms against 0.67-4.2 s; with ticks 1 ms apart the
 timerfd fell behind at 1,000 sends/s (a tick as long as the step drifts late)."""
-_RESUME_FIRST_S = 0.1
-_RESUME_MAX_S = 2.0
+_RESUME_BACKOFF = Backoff(initial=0.1, maximum=2.0)
 _RESUME_GIVE_UP_S = 60.0
 """A user whose connection the server closed is reconnected after 50-100 ms, then
 with doubling pauses up to 2 s, for at most a minute (then counted in errors)."""
@@ -176,19 +176,22 @@ class _User:
         if intended_ns < w.measure_from:
             w.warm_sent += 1
         if self.conv is not None:
-            late_us = self.late[seq] = (time.monotonic_ns() - intended_ns) // 1000
+            self.late[seq] = (time.monotonic_ns() - intended_ns) // 1000
             if self.conn is not None:
-                self.conn.send(self.conv, b"%d.%d.%d.%d" % (self.index, seq, intended_ns,
-                                                           late_us), seq)
+                self.conn.send(self.conv, self._payload(seq, intended_ns), seq)
+
+    def _payload(self, seq: int, intended_ns: int) -> bytes:
+        """``sender.seq.intended_ns.late_us``: what the receiver checks and times."""
+        return b"%d.%d.%d.%d" % (self.index, seq, intended_ns, self.late[seq])
 
     def resend(self) -> None:
         """Send again, in order, every message not acknowledged (same id, same bytes:
         the server stores each once and acks a repeat with the first one's seq)."""
-        conn, conv, late = self.conn, self.conv, self.late
+        conn, conv = self.conn, self.conv
         if conn is None or conv is None:
             return
         for seq, intended_ns in sorted(self.inflight.items()):
-            conn.send(conv, b"%d.%d.%d.%d" % (self.index, seq, intended_ns, late[seq]), seq)
+            conn.send(conv, self._payload(seq, intended_ns), seq)
 
     # -- Events ------------------------------------------------------------------
     def acked(self, token: int) -> None:
@@ -361,11 +364,12 @@ class _Worker:
         task.add_done_callback(self._resumes.discard)
 
     async def _resume(self, u: _User, old: TargetConnection, reconnect: Any) -> None:
-        spec, delay = u.spec, _RESUME_FIRST_S
+        spec, attempt = u.spec, 0
         give_up = time.monotonic() + _RESUME_GIVE_UP_S
         try:
             while self.live:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await asyncio.sleep(_RESUME_BACKOFF.delay(attempt, random.random()))
+                attempt += 1
                 self.connect_attempts += 1
                 try:
                     conn = await reconnect(old, u.index, spec.credential, spec.url,
@@ -375,7 +379,6 @@ class _Worker:
                         code = exc.code if isinstance(exc, ConnectFailed) else type(exc).__name__
                         self.errors[f"reconnect_{code}"] += 1
                         return
-                    delay = min(delay * 2, _RESUME_MAX_S)
                     continue
                 if not self.live:
                     conn.close()
