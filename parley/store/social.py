@@ -389,14 +389,16 @@ class SocialStore:
     async def last_messages(
         self, tenant_id: int, keys: Sequence[tuple[int, int]]
     ) -> dict[int, StoredMessage]:
-        """The messages at (conversation id, seq) ``keys`` (each conversation's last)."""
+        """The messages at (conversation id, seq) ``keys`` (each conversation's last)
+        that are ``tenant_id``'s.  Selected by key alone, the tenant checked on the
+        rows: a tenant_id predicate can plan the read on every message of the
+        tenant (see ``parley.store.messages._Statements``)."""
         keys = [k for k in keys if k[1] > 0]
         if not keys:
             return {}
         async with self._db.reader.connect() as conn:
             rows = (await conn.execute(
                 select(messages).where(
-                    messages.c.tenant_id == tenant_id,
                     tuple_(messages.c.conversation_id, messages.c.seq).in_(keys),
                 )
             )).mappings().all()
@@ -406,7 +408,7 @@ class SocialStore:
                 sender_id=r["sender_id"], sender_device=r["sender_device"], kind=r["kind"],
                 body=bytes(r["body"]), created_at=r["created_at"], recalled=bool(r["recalled"]),
             )
-            for r in rows
+            for r in rows if r["tenant_id"] == tenant_id
         }
 
     # -- groups --------------------------------------------------------------------
