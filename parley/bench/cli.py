@@ -423,7 +423,7 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
             "rate_per_s": open_at_full / coord.connected_at if coord.connected_at else 0.0,
             "connect_ms": percentiles(coord.all.connect),
             "placement": placement, "redirected": coord.total("redirects"),
-            "reconnected": coord.total("reconnects"),
+            "reconnected": coord.total("reconnects"), "gap_syncs": coord.total("gap_syncs"),
         },
         "server": {
             "rss_bytes": srv.rss_bytes if srv else None,

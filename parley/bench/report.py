@@ -14,7 +14,10 @@ map or spread over the URLs, ``connections.redirected`` how many connections a
 node sent elsewhere before one accepted them, ``connections.reconnected`` how
 many connections the server closed during the run were brought back (synced,
 unacknowledged messages resent with their ids; closes with codes other than
-1000 and 1001 are also counted in ``errors`` as ``close_<code>``).
+1000 and 1001 are also counted in ``errors`` as ``close_<code>``),
+``connections.gap_syncs`` how many times a conversation's gap stayed open a
+second and the connection synced (a message whose push went to the user's
+previous node while its sessions moved).
 
 Plots (``--plot DIR``, matplotlib imported only then, Agg backend):
 ``latency_over_time.png``, ``latency_cdf.png``, ``connections.png``,
@@ -75,6 +78,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
                      f"{c.get('failed')} failed, {c.get('rate_per_s', 0):.0f}/s, "
                      f"{c.get('redirected', 0)} redirected"
                      + (f", {c['reconnected']} reconnected" if c.get("reconnected") else "")
+                     + (f", {c['gap_syncs']} gap syncs" if c.get("gap_syncs") else "")
                      + f" (placement: {c.get('placement', 'spread')})")
     s = r.get("server", {})
     if s.get("rss_bytes"):

@@ -267,6 +267,10 @@ def load_target(spec: str, options: TargetOptions) -> Target:
 _TEXT: Final = WSMsgType.TEXT
 _CLOSE: Final = WSMsgType.CLOSE
 _ACK_DELAY_S: Final = 0.05
+_GAP_SYNC_S: Final = 1.0
+"""A gap in a conversation still open this long is synced (protocol: "if the gap
+is not filled within a few seconds, sync"); a gap is normally filled within
+milliseconds (a peer's message coming over from another node)."""
 _TIMER_RESOLUTION_S: Final = 0.001
 """libuv timers count milliseconds: acks due within one go out together."""
 _TEXT_OPEN: Final = b'{"text":"'
@@ -307,12 +311,17 @@ class _AckTimer:
     each connection's acks go out ``_ACK_DELAY_S`` after its first unacked message,
     from one timer re-armed for the earliest due (instead of a timer per message)."""
 
-    __slots__ = ("_due", "_handle", "_loop")
+    __slots__ = ("_due", "_gap_handle", "_gaps", "_handle", "_loop", "gap_syncs")
 
     def __init__(self) -> None:
         self._due: deque[tuple[float, ParleyConnection]] = deque()
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._gaps: set[ParleyConnection] = set()
+        """Connections holding a message behind a gap (see ``gap``)."""
+        self._gap_handle: asyncio.TimerHandle | None = None
+        self.gap_syncs = 0
+        """Syncs sent because a gap stayed open ``_GAP_SYNC_S``."""
 
     def __reduce__(self) -> tuple[type[_AckTimer], tuple[()]]:
         return _AckTimer, ()  # travels empty to a worker process
@@ -335,6 +344,21 @@ class _AckTimer:
             due.popleft()[1].flush_acks()
         if due:
             self._handle = self._loop.call_at(due[0][0], self._flush)
+
+    def gap(self, conn: ParleyConnection) -> None:
+        """``conn`` opened a gap: from now on checked every ``_GAP_SYNC_S`` / 4 until
+        its gaps are filled (``ParleyConnection.check_gaps``)."""
+        self._gaps.add(conn)
+        if self._gap_handle is None:
+            loop = self._loop = self._loop or asyncio.get_running_loop()
+            self._gap_handle = loop.call_later(_GAP_SYNC_S / 4, self._check_gaps)
+
+    def _check_gaps(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._gaps = {c for c in self._gaps if c.check_gaps(now)}
+        self._gap_handle = (self._loop.call_later(_GAP_SYNC_S / 4, self._check_gaps)
+                            if self._gaps else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,14 +498,15 @@ class ParleyConnection(WSListener):
 
     Pushes are de-duplicated by ``(conv, seq)`` and handed on in seq order, as
     the protocol asks a client to show them (an early message waits for the gap
-    below it; re-pushes are counted in ``repushed``, not delivered twice); the
+    below it, and a gap still open after ``_GAP_SYNC_S`` is synced; re-pushes are
+    counted in ``repushed``, not delivered twice); the
     device acks the highest contiguous seq of each conversation at most 50 ms
     after a message arrived, at most once per conversation per 50 ms.
     """
 
-    __slots__ = ("_ack_due", "_acks", "_bases", "_convs", "_device", "_events", "_mid_ms",
-                 "_mid_prefix", "_nonce", "_pending", "_resumed", "_uid", "_ws", "closed_code",
-                 "identity", "moved_to", "redirects", "repushed", "welcomed")
+    __slots__ = ("_ack_due", "_acks", "_bases", "_convs", "_device", "_events", "_gaps",
+                 "_mid_ms", "_mid_prefix", "_nonce", "_pending", "_resumed", "_uid", "_ws",
+                 "closed_code", "identity", "moved_to", "redirects", "repushed", "welcomed")
 
     def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None,
                  acks: _AckTimer | None = None, identity: tuple[bytes, int] | None = None,
@@ -504,6 +529,8 @@ class ParleyConnection(WSListener):
         self._convs: dict[str, int] = {}
         self._pending: dict[int, list[Any]] = {}  # conv -> [contiguous seq, {seq: early msg}]
         self._ack_due: set[int] = set()
+        self._gaps: dict[int, float] = {}
+        """conv -> when its current gap was last synced for (or opened)."""
         self.repushed = 0
         self.redirects = 0
         self.moved_to: str | None = None
@@ -629,6 +656,9 @@ class ParleyConnection(WSListener):
             return
         if seq != state[0] + 1:  # early: hold it until the gap fills (protocol §8)
             state[1][seq] = m
+            if conv not in self._gaps:
+                self._gaps[conv] = asyncio.get_running_loop().time()
+                self._acks.gap(self)
             return
         self._deliver(m)
         state[0] = seq
@@ -636,6 +666,8 @@ class ParleyConnection(WSListener):
         while early and state[0] + 1 in early:
             state[0] += 1
             self._deliver(early.pop(state[0]))
+        if not early and self._gaps:
+            self._gaps.pop(conv, None)
         if not self._ack_due:
             self._acks.add(self)
         self._ack_due.add(conv)
@@ -643,6 +675,19 @@ class ParleyConnection(WSListener):
     def _deliver(self, m: _PushedMsg | Msg) -> None:
         if m.sender != self._uid:
             self._events.delivered(bytes(m.body)[_BODY_START:_BODY_END])
+
+    def check_gaps(self, now: float) -> bool:
+        """Sync if a gap has been open ``_GAP_SYNC_S`` (again a second later if the
+        sync did not fill it: the message may not have been committed yet); whether
+        a gap is still open."""
+        if self.closed_code is not None:
+            self._gaps.clear()
+            return False
+        if any(now - t >= _GAP_SYNC_S for t in self._gaps.values()):
+            self._gaps = dict.fromkeys(self._gaps, now)
+            self._acks.gap_syncs += 1
+            self.sync()
+        return bool(self._gaps)
 
     def flush_acks(self) -> None:
         """Send the due acks now (one frame per conversation)."""

@@ -140,6 +140,8 @@ class Report:
     """Redirects followed before connections were accepted (``conn.redirects``)."""
     reconnects: int = 0
     """Connections the server closed that the worker brought back (see ``_Worker.resume``)."""
+    gap_syncs: int = 0
+    """Syncs sent because a conversation's gap stayed open a second (the connector's)."""
     warm_sent: int = 0
     warm_acked: int = 0
     warm_delivered: int = 0
@@ -295,6 +297,7 @@ class _Worker:
             errors=dict(self.errors), closes=dict(self.closes),
             ack_hist=ack, deliver_hist=deliver, connect_hist=connect, lag_hist=lag,
             sent_deliver_hist=sent_deliver, redirects=self.redirects, reconnects=self.reconnects,
+            gap_syncs=getattr(getattr(self.spec.connector, "acks", None), "gap_syncs", 0),
             warm_sent=self.warm_sent, warm_acked=self.warm_acked,
             warm_delivered=self.warm_delivered, warm_ack_hist=warm_ack,
             warm_deliver_hist=warm_deliver,

@@ -13,6 +13,7 @@ import msgspec
 from picows import WSMsgType
 from picows.picows import _make_test_ws_frame
 
+from parley.bench import targets
 from parley.bench.targets import ParleyConnection, ParleyConnector, _AckTimer
 from parley.protocol import (
     Ack,
@@ -29,6 +30,7 @@ from parley.protocol import (
     decode_client_frame,
     encode,
 )
+from tests.waiting import until
 
 UID = 42
 LIMITS = WelcomeLimits(max_frame_bytes=65536, max_text_chars=4000, max_custom_bytes=4096,
@@ -205,3 +207,34 @@ async def test_a_resumed_connection_sends_the_same_ids_and_syncs_from_where_it_w
                              resumed=new.positions())
     brief.close()
     assert brief.positions() == {9: 5}
+
+
+async def test_a_gap_still_open_after_a_second_is_synced(monkeypatch: Any) -> None:
+    """A message whose push never came (it went to the user's previous node while
+    its sessions moved) holds every later one back: after ``_GAP_SYNC_S`` the
+    connection asks ``sync``, once per gap and period; a gap filled in time costs
+    nothing."""
+    monkeypatch.setattr(targets, "_GAP_SYNC_S", 0.2)
+    acks = _AckTimer()
+    conn, events, ws = _connected(acks, bases={9: 0, 10: 0})
+    for conv, seq in ((9, 1), (9, 3), (10, 2), (10, 1)):  # 10's gap fills at once
+        _push(conn, _msg(seq, b"7.%d.%d" % (seq, conv), conv=conv))
+
+    def syncs() -> list[Sync]:
+        frames = [decode_client_frame(data, Limits()) for data in ws.sent]
+        return [f for f in frames if isinstance(f, Sync)]
+
+    await until(syncs, 5, "a sync")
+    (sync,) = syncs()
+    assert [(c.conv, c.seq) for c in sync.cursors] == [(9, 1), (10, 2)]
+    assert acks.gap_syncs == 1
+
+    page = SyncPage(rid=0, more=False, msgs=[
+        msgspec.json.decode(_msg(seq, b"7.%d.9" % seq), type=Msg) for seq in (2, 3)])
+    _push(conn, encode(page))
+    delivered = [c[1] for c in events.calls if c[0] == "delivered"]
+    assert delivered == [b"7.1.9", b"7.1.10", b"7.2.10", b"7.2.9", b"7.3.9"]
+    assert conn.repushed == 1  # 3 came again in the page
+    # the watch stops once no gap is open
+    await until(lambda: acks._gap_handle is None, 5, "the gap watch to stop")
+    assert acks._gap_handle is None and len(syncs()) == 1 and acks.gap_syncs == 1
