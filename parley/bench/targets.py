@@ -608,8 +608,8 @@ class ParleyConnection(WSListener):
                 self.welcomed.set_result(None)
         elif t is Reconnect:
             r = cast(Reconnect, f)
-            if r.reason == "moved" and r.url and not self.welcomed.done():
-                self.moved_to = r.url
+            if r.reason == "moved" and r.url:  # before the welcome: a redirect; after
+                self.moved_to = r.url  # it: where to resume once closed (4010)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         code = self.closed_code if self.closed_code is not None else 1006

@@ -80,7 +80,10 @@ timerfd fell behind at 1,000 sends/s (a tick as long as the step drifts late).""
 _RESUME_BACKOFF = Backoff(initial=0.1, maximum=2.0)
 _RESUME_GIVE_UP_S = 60.0
 """A user whose connection the server closed is reconnected after 50-100 ms, then
-with doubling pauses up to 2 s, for at most a minute (then counted in errors)."""
+with doubling pauses up to 2 s, for at most a minute (then counted in errors):
+first where the server sent it (``reconnect`` ``moved``), else to its own node,
+and after a failed attempt to the next node of the run (a node down: any other
+redirects it to where its user now lives)."""
 
 
 def new_histogram() -> HdrHistogram:
@@ -261,6 +264,8 @@ class _Worker:
         self.live = False
         """Between connecting and closing: a connection the server closes is resumed."""
         self._resumes: set[asyncio.Task[None]] = set()
+        self._urls = sorted({u.url for u in spec.users})
+        """The run's nodes (this worker's users'): where a resume tries next."""
         self.warm_sent = self.warm_acked = self.warm_delivered = 0
         self.warm_from = self.measure_from = 0
         """Intended send times in ``[warm_from, measure_from)`` belong to a warm-up."""
@@ -368,6 +373,8 @@ class _Worker:
 
     async def _resume(self, u: _User, old: TargetConnection, reconnect: Any) -> None:
         spec, attempt = u.spec, 0
+        moved = getattr(old, "moved_to", None)
+        url = moved.split("?")[0] if moved else spec.url
         give_up = time.monotonic() + _RESUME_GIVE_UP_S
         try:
             while self.live:
@@ -375,13 +382,14 @@ class _Worker:
                 attempt += 1
                 self.connect_attempts += 1
                 try:
-                    conn = await reconnect(old, u.index, spec.credential, spec.url,
+                    conn = await reconnect(old, u.index, spec.credential, url,
                                            self.spec.local_host, u, self.spec.keepalive_s)
                 except Exception as exc:  # noqa: BLE001 - any failed attempt is retried
                     if time.monotonic() > give_up:
                         code = exc.code if isinstance(exc, ConnectFailed) else type(exc).__name__
                         self.errors[f"reconnect_{code}"] += 1
                         return
+                    url = self._next_url(url)
                     continue
                 if not self.live:
                     conn.close()
@@ -391,6 +399,8 @@ class _Worker:
                     # cluster rebalances: 4010): its close found no connection to
                     # resume, so this loop goes on.
                     old = conn
+                    moved = getattr(conn, "moved_to", None)
+                    url = moved.split("?")[0] if moved else url
                     continue
                 u.conn = conn
                 self.conns_open += 1
@@ -399,6 +409,11 @@ class _Worker:
                 return
         finally:
             u.resuming = False
+
+    def _next_url(self, url: str) -> str:
+        """The node after ``url`` among the run's (sorted), for the next attempt."""
+        urls = self._urls
+        return urls[(urls.index(url) + 1) % len(urls)] if url in urls else url
 
     async def run(self, t0_ns: int, duration_s: float, rate: float,
                   warmup_s: float = 0.0) -> None:

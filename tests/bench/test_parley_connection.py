@@ -20,6 +20,7 @@ from parley.protocol import (
     ErrorFrame,
     Limits,
     Msg,
+    Reconnect,
     Send,
     Sent,
     Sync,
@@ -238,3 +239,14 @@ async def test_a_gap_still_open_after_a_second_is_synced(monkeypatch: Any) -> No
     # the watch stops once no gap is open
     await until(lambda: acks._gap_handle is None, 5, "the gap watch to stop")
     assert acks._gap_handle is None and len(syncs()) == 1 and acks.gap_syncs == 1
+
+
+async def test_a_connection_moved_after_its_welcome_remembers_where_to() -> None:
+    """A slot moving while the user is connected: ``reconnect`` (moved, url), then
+    close 4010; the worker resumes at that url, not at the node that sent it away."""
+    conn, events, _ = _connected()
+    _push(conn, encode(Reconnect(reason="shutdown", after_ms=1000)))
+    assert conn.moved_to is None
+    _push(conn, encode(Reconnect(reason="moved", after_ms=0, url="ws://127.0.0.1:9/v1/ws")))
+    assert conn.moved_to == "ws://127.0.0.1:9/v1/ws"
+    assert events.calls == []
