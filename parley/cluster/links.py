@@ -48,7 +48,8 @@ Liveness
 The dialer pings every ``heartbeat_s``; the acceptor answers.  A connection
 that has received nothing for ``dead_after_s`` (a stopped or partitioned peer)
 is closed: ``on_peer_down``, then reconnection with exponential backoff and
-jitter (``backoff_min_s`` doubling up to ``backoff_max_s``).
+jitter (``backoff_min_s`` doubling up to ``backoff_max_s``), cut short when the
+peer's own link connects to this node (it is back: ``PeerLink.wake``).
 
 Cost
 ----
@@ -374,6 +375,8 @@ class PeerLink:
         self._dropped = 0
         self._instance = ""  # the peer's instance when last up
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        """Set when the peer connected to us: it is up, so a backoff ends early."""
         cfg = links.config
         self._max_item = min(cfg.max_frame - 64, cfg.max_queue_bytes)
 
@@ -495,6 +498,7 @@ class PeerLink:
         failures = 0
         while True:
             self.state = self.stats.state = _CONNECTING
+            self._wake.clear()  # a wake from now on ends the next pause
             conn: _Conn | None = None
             try:
                 async with asyncio.timeout(cfg.handshake_timeout_s):
@@ -520,7 +524,7 @@ class PeerLink:
                     _log.log(logging.INFO if failures < _WARN_AFTER else logging.WARNING,
                              "link %s->%s: %s (attempt %d)", links.node_id, self.node_id,
                              exc or type(exc).__name__, failures)
-                await asyncio.sleep(_backoff(cfg, failures))
+                await self._pause(_backoff(cfg, failures))
                 continue
             failures = 0
             restarted = bool(self._instance) and self._instance != conn.peer_instance
@@ -532,6 +536,20 @@ class PeerLink:
             await asyncio.shield(conn.closed)  # close() awaits it too
             self._conn_lost(conn)
             await asyncio.sleep(_backoff(cfg, 1))
+
+
+    def wake(self) -> None:
+        """The peer just connected to us (it restarted, or came back from a partition):
+        a connection attempt waiting out its backoff goes now."""
+        self._wake.set()
+
+    async def _pause(self, delay: float) -> None:
+        """The backoff between attempts; ``wake`` cuts it short.  Without this a
+        restarted peer waited up to ``backoff_max_s`` (2 s) for this side's link,
+        and with it for the sessions this node sends back to it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
 
 def _split(queue: list[Forward], limit: int) -> list[list[Forward]]:
@@ -760,6 +778,9 @@ class Links:
                 ib.next = hello.pos
         if not st.instance:
             st.instance = hello.instance
+        peer = self._peers.get(node)
+        if peer is not None and peer.state is not _LINK_UP:
+            peer.wake()
 
     def _inbound_lost(self, conn: _Conn) -> None:
         ib = self._inbound.get(conn.peer_node)

@@ -479,6 +479,29 @@ async def test_an_unreachable_peer_is_a_warning_only_once_it_stays_unreachable(
         "(attempt 10)"]
 
 
+async def test_a_peer_connecting_in_ends_the_backoff_towards_it(cluster) -> None:
+    """A node waiting out a long backoff towards a peer that was down reconnects as
+    soon as that peer's own link comes in: a restarted node is not kept waiting
+    for the links (and the sessions) of the others."""
+    with socket.socket() as s:  # b's port, refused until b starts on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slow = LinkConfig(heartbeat_s=0.1, dead_after_s=0.6, handshake_timeout_s=0.5,
+                      backoff_min_s=60.0, backoff_max_s=60.0)
+    a = cluster("a", config=slow)
+    await a.start()
+    a.set_peers({"b": ("127.0.0.1", port)})
+    await until(lambda: a.stats().peers["b"].connect_failures >= 1, what="a refused attempt")
+    b = Links("b", SECRET, ("127.0.0.1", port), Recorder(), config=FAST)
+    try:
+        await b.start()
+        b.set_peers({"a": a.address})
+        await until(lambda: a.is_up("b"), timeout=5, what="a's link to b")  # not 30-60 s
+        assert a.stats().peers["b"].connect_failures == 1
+    finally:
+        await b.stop()
+
+
 async def test_a_stopped_peer_is_detected_within_seconds_and_its_queue_stays_bounded(
     cluster,
 ) -> None:
