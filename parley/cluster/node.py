@@ -275,7 +275,10 @@ class ClusterNode:
                 await membership.set_active(self.node_id)
                 _log.info("drained before the restart: active again")
         except ParleyError as exc:  # no quorum now: the next view retries
-            _log.warning("cannot become active again yet: %s", exc.message)
+            # Right after a restart the raft has not heard from the leader yet
+            # (every graceful restart, a fraction of a second): not worth a warning.
+            _log.log(logging.INFO if "missing_leader" in exc.message else logging.WARNING,
+                     "cannot become active again yet: %s", exc.message)
         finally:
             self._reactivating = False
 
