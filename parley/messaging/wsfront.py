@@ -498,9 +498,17 @@ class WebSocketFront:
                 session.conn.close(CloseCode.SLOW_CONSUMER, "messages left unacknowledged")
                 continue
             for r in due.repush:
+                # From the device's acknowledged seq, not only from the first seq
+                # this session pushed: a message pushed to the device's previous
+                # node while its session moved (or stored while it reconnected)
+                # was never pushed here, and a device that does not sync on a gap
+                # would otherwise hold everything after it until closed with 4008.
+                acked = await self.service.cursors.delivery_cursor(
+                    session.tenant_id, session.user_id, session.device_id, r.conv)
+                first = acked + 1 if 0 < acked < r.first_seq - 1 else r.first_seq
                 msgs = await self.service.messages.after(
-                    session.tenant_id, r.conv, r.first_seq - 1,
-                    min(r.last_seq - r.first_seq + 1, self.config.repush_batch),
+                    session.tenant_id, r.conv, first - 1,
+                    min(r.last_seq - first + 1, self.config.repush_batch),
                 )
                 frames = [encode(msg_frame(m)) for m in msgs]
                 if frames and session.conn.send_many(frames):

@@ -117,6 +117,20 @@ class CursorStore:
             )
             return {int(cid): int(seq) for cid, seq in rows}
 
+    async def delivery_cursor(
+        self, tenant_id: int, user_id: int, device_id: str, conv_id: int
+    ) -> int:
+        """The acked seq of one device in one conversation (0: never acked)."""
+        t = delivery_cursors
+        async with self._db.reader.connect() as conn:
+            seq = await conn.scalar(
+                select(t.c.acked_seq).where(
+                    t.c.tenant_id == tenant_id, t.c.user_id == user_id,
+                    t.c.device_id == device_id, t.c.conversation_id == conv_id,
+                )
+            )
+        return int(seq or 0)
+
     # -- read --------------------------------------------------------------------
     async def advance_read(
         self, tenant_id: int, user_id: int, conv_id: int, seq: int, now_ms: int

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from parley.client import ParleyClient
-from parley.protocol import Msg, Sent
+from parley.protocol import Msg, Sent, Welcome
 from parley.server import Node
 from tests.e2e.conftest import World, start_node, stop_node
 from tests.e2e.raw import RawClient
@@ -166,3 +166,37 @@ async def test_lost_ack_then_retry_stores_one_row(node: Node) -> None:
             await marker.close()
         after = await _receive(bob, 1)
         assert [m.seq for m in after] == [end.seq]  # nothing in between: shown once
+
+
+async def test_a_repush_fills_the_gap_below_what_this_node_pushed(
+    backend: str, tmp_path: Path
+) -> None:
+    """A device holding seq 1 reconnects without syncing; seq 2 was stored while it
+    was away and seq 3 is then pushed.  The re-push starts from the device's
+    acknowledged seq, so it gets 2 without asking (before, only 3 came again, and
+    the device stayed behind the gap until the node closed it with 4008)."""
+    node, schema = await start_node(backend, tmp_path, repush_timeout_ms=200, **FAST)
+    try:
+        w = World(node)
+        a, b = await w.user("alice"), await w.user("bob")
+        conv = (await w.direct(a, b)).id
+        async with ParleyClient(w.ws_url, w.token(a), "a1") as alice:
+            bob = await RawClient.connect(w.ws_url, w.token(b), "b1")
+            await alice.send(conv, "text", {"text": "1"})
+            assert (await bob.expect(Msg)).seq == 1
+            bob.send({"t": "ack", "conv": conv, "seq": 1})
+            await bob.close()
+            assert node.cursor_writer is not None
+            await node.cursor_writer.flush()
+            await alice.send(conv, "text", {"text": "2"})  # bob away: stored only
+            bob = await RawClient.connect(w.ws_url, w.token(b), "b1")  # no sync
+            await bob.expect(Welcome)  # its session is there: 3 is pushed to it
+            await alice.send(conv, "text", {"text": "3"})
+            seqs = [(await bob.expect(Msg)).seq]
+            while 2 not in seqs:  # 3, then the re-push: 2 and 3
+                seqs.append((await bob.expect(Msg, timeout=5)).seq)
+            assert seqs[0] == 3 and seqs[-1] == 2
+            assert (await bob.expect(Msg, timeout=5)).seq == 3
+            await bob.close()
+    finally:
+        await stop_node(node, schema)
