@@ -162,19 +162,31 @@ class LocalCluster:
         async for line in proc.stdout:
             self.out(f"[{plan.node_id}] {line.decode(errors='replace').rstrip()}")
 
+    restart_delay_s = 1.0
+    """The pause before restarting a node that exited; doubled (up to 30 s) while it
+    keeps exiting soon after it started."""
+    healthy_after_s = 60.0
+    """A node that ran this long before it exited was not crash-looping: its restart
+    waits ``restart_delay_s`` again (without this, every restart of a long-lived
+    cluster waited twice as long as the one before, up to 30 s)."""
+
     async def _keep(self, plan: NodePlan) -> int:
-        delay = 1.0
+        loop = asyncio.get_running_loop()
+        delay = self.restart_delay_s
         while True:
+            started = loop.time()
             proc = await self._spawn(plan)
             await self._pump(plan, proc)
             code = await proc.wait()
+            if loop.time() - started >= self.healthy_after_s:
+                delay = self.restart_delay_s
             if self._stopping.is_set() or not self.restart:
                 return code
             if code == EXIT_CONFIG:
                 self.out(f"[{plan.node_id}] refused its configuration; stopping the cluster")
                 self.stop()
                 return code
-            self.out(f"[{plan.node_id}] exited with {code}; starting it again in {delay:.0f} s")
+            self.out(f"[{plan.node_id}] exited with {code}; starting it again in {delay:g} s")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()

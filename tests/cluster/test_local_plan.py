@@ -4,6 +4,7 @@ one refuses its settings."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,35 @@ async def test_a_node_refusing_its_settings_stops_the_cluster(tmp_path: Path) ->
     assert code == EXIT_CONFIG
     assert not any("starting it again" in line for line in lines), lines
     assert any("refused its configuration" in line for line in lines), lines
+
+
+class _Exits(LocalCluster):
+    """The supervisor over a process that exits at once (instead of a node)."""
+
+    restart_delay_s = 0.01
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-c", "pass"]
+
+
+@pytest.mark.parametrize(("healthy_after_s", "delays"), [
+    (3600.0, ["0.01", "0.02", "0.04", "0.08"]),  # exits at once, again and again
+    (0.0, ["0.01", "0.01", "0.01", "0.01"]),  # ran "long enough" each time
+])
+async def test_restart_pauses_double_only_while_a_node_keeps_exiting_early(
+    tmp_path: Path, healthy_after_s: float, delays: list[str]
+) -> None:
+    lines: list[str] = []
+    cluster = _Exits(plan_nodes(_settings(tmp_path), 1), out=lines.append)
+    cluster.healthy_after_s = healthy_after_s
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if sum("starting it again" in x for x in lines) == len(delays):
+            cluster.stop()
+
+    cluster.out = out
+    async with asyncio.timeout(60):
+        await cluster.run()
+    said = [x.split(" in ")[1].removesuffix(" s") for x in lines if "starting it again" in x]
+    assert said == delays
