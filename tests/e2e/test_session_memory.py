@@ -48,6 +48,22 @@ def _alive(types: tuple[type, ...], old: set[int] | None = None) -> int:
                for o in gc.get_objects())
 
 
+def _holders(types: tuple[type, ...], old: set[int]) -> str:
+    """What refers to each object of ``types`` still alive (not in ``old``)."""
+    alive = [o for o in gc.get_objects() if isinstance(o, types) and id(o) not in old]
+    out = []
+    for o in alive:
+        refs = []
+        for r in gc.get_referrers(o):
+            if r is alive:
+                continue
+            name = getattr(r, "__qualname__", None) or getattr(
+                getattr(r, "f_code", None), "co_qualname", None)
+            refs.append(type(r).__name__ + (f" {name}" if name else ""))
+        out.append(f"{type(o).__name__} <- {', '.join(refs)}")
+    return "; ".join(out)
+
+
 async def test_a_closed_device_is_freed_without_the_cycle_collector(node: Node) -> None:
     """The node freezes its long-lived heap (parley.heap): a frozen object in a
     garbage cycle would never be reclaimed.  A device that connected, sent,
@@ -73,8 +89,11 @@ async def test_a_closed_device_is_freed_without_the_cycle_collector(node: Node) 
                     if getattr(ev, "seq", None) == sent.seq:
                         break
             await dave.send(conv, "text", {"text": "back"})
-        await until(lambda: _alive(server_side, old) == 0, interval=0.05,
-                    what="the closed devices' server-side objects freed")
+        try:
+            await until(lambda: _alive(server_side, old) == 0, interval=0.05,
+                        what="the closed devices' server-side objects freed")
+        except TimeoutError as exc:  # say what still holds them (seen once in CI)
+            raise AssertionError(f"{exc}: {_holders(server_side, old)}") from None
     finally:
         gc.enable()
     assert len(held) == len(old)
