@@ -18,6 +18,7 @@ import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -54,8 +55,8 @@ from parley.store.cursors import CursorStore, DeliveryCursor
 from parley.store.messages import AppendResult, MessageStore, NewMessage, StoredMessage
 
 __all__ = [
-    "Actor", "MessagingConfig", "MessagingService", "SendOrder", "SendResult", "SendTurn",
-    "msg_frame",
+    "Actor", "MessagingConfig", "MessagingService", "QueuedSend", "SendOrder", "SendResult",
+    "SendTurn", "msg_frame",
 ]
 
 SERVER_DEVICE = "server"
@@ -84,6 +85,14 @@ class SendResult:
     seq: int
     ts: int
     dup: bool
+
+
+class QueuedSend(NamedTuple):
+    """A send queued by ``MessagingService.send_now``: what ``committed`` needs."""
+
+    result: asyncio.Future[AppendResult]
+    members: ConvMembers
+    canonical: bytes
 
 
 def digest_of(conv: int, kind: str, body: bytes) -> str:
@@ -144,6 +153,11 @@ class SendOrder:
         self._tail = mine
         return SendTurn(None if tail is None or tail.done() else tail, mine)
 
+    def idle(self) -> bool:
+        """No send of this device is waiting for its turn or a check."""
+        tail = self._tail
+        return tail is None or tail.done()
+
 
 class MessagingService:
     def __init__(
@@ -188,13 +202,7 @@ class MessagingService:
         storage has to wait for the database.
         """
         try:
-            now = self.clock.now_ms()
-            if not server_side:
-                check_message_id(
-                    mid, actor.user_id, actor.device_id, now,
-                    self.limits.mid_max_past_ms, self.limits.mid_max_future_ms,
-                )
-            _, canonical = validate_body(kind, body, self.limits)
+            now, canonical = self._checked(actor, mid, kind, body, server_side)
             # Cached answers first: on a hit nothing here waits (no coroutine).
             members = self.members.fresh(actor.tenant_id, conv)
             if members is None or actor.user_id not in members:
@@ -203,15 +211,61 @@ class MessagingService:
                 await self._check_policy(actor, members)
             if turn is not None and turn.previous is not None:
                 await turn.previous
-            committed = self.batcher.enqueue(NewMessage(
-                tenant_id=actor.tenant_id, conversation_id=conv, msg_id=mid,
-                sender_id=actor.user_id, sender_device=actor.device_id, kind=kind,
-                body=canonical, digest=digest_of(conv, kind, canonical), created_at=now,
-            ))
+            committed = self._enqueue(actor, conv, mid, kind, canonical, now)
         finally:
             if turn is not None:
                 turn.done()
-        result = await committed
+        return self.committed(actor, conv, mid, kind, canonical, members, await committed)
+
+    def send_now(
+        self, actor: Actor, conv: int, mid: str, kind: str, body: bytes | msgspec.Raw,
+    ) -> QueuedSend | None:
+        """``send`` up to the write queue without waiting, when every check is answered
+        from the caches; None when one is not (nothing was queued: call ``send``).
+
+        Raises as ``send`` for a message it refuses.  The caller finishes with
+        ``committed`` once the future resolves.  It must not use this while an
+        earlier send of the same device is still waiting in ``send``
+        (``SendOrder.idle``), or that one would be stored after this one.
+        """
+        now, canonical = self._checked(actor, mid, kind, body, False)
+        members = self.members.fresh(actor.tenant_id, conv)
+        if members is None or actor.user_id not in members or not self._allowed_now(
+            actor, members
+        ):
+            return None
+        return QueuedSend(
+            self._enqueue(actor, conv, mid, kind, canonical, now), members, canonical
+        )
+
+    def _checked(
+        self, actor: Actor, mid: str, kind: str, body: bytes | msgspec.Raw, server_side: bool
+    ) -> tuple[int, bytes]:
+        """The send's time and canonical body, once its id and body are valid."""
+        now = self.clock.now_ms()
+        if not server_side:
+            check_message_id(
+                mid, actor.user_id, actor.device_id, now,
+                self.limits.mid_max_past_ms, self.limits.mid_max_future_ms,
+            )
+        _, canonical = validate_body(kind, body, self.limits)
+        return now, canonical
+
+    def _enqueue(
+        self, actor: Actor, conv: int, mid: str, kind: str, canonical: bytes, now: int
+    ) -> asyncio.Future[AppendResult]:
+        return self.batcher.enqueue(NewMessage(
+            tenant_id=actor.tenant_id, conversation_id=conv, msg_id=mid,
+            sender_id=actor.user_id, sender_device=actor.device_id, kind=kind,
+            body=canonical, digest=digest_of(conv, kind, canonical), created_at=now,
+        ))
+
+    def committed(
+        self, actor: Actor, conv: int, mid: str, kind: str, canonical: bytes,
+        members: ConvMembers, result: AppendResult,
+    ) -> SendResult:
+        """After the commit: raise for a refusal, else push a new message to every
+        member's online devices and return the ack data."""
         if not result.ok:
             _raise_for(result)
         assert result.seq is not None and result.created_at is not None

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +26,15 @@ from parley.gateway.seam import Connection
 from parley.hub.hub import LocalHub
 from parley.hub.presence import PresenceState
 from parley.messaging.presence import PresenceFanout
-from parley.messaging.service import Actor, MessagingService, SendOrder, msg_frame
+from parley.messaging.service import (
+    Actor,
+    MessagingService,
+    QueuedSend,
+    SendOrder,
+    SendResult,
+    SendTurn,
+    msg_frame,
+)
 from parley.metrics import Metrics
 from parley.protocol import (
     Ack,
@@ -58,7 +67,7 @@ from parley.protocol import (
     encode_error,
     salvage_rid,
 )
-from parley.store.messages import StoredMessage
+from parley.store.messages import AppendResult, StoredMessage
 
 __all__ = ["DeviceSession", "FrontConfig", "WebSocketFront"]
 
@@ -296,7 +305,12 @@ class WebSocketFront:
             if not self._allow_send(session):
                 self._error(session, frame.rid, RateLimited("sending too fast"))
                 return
-            self._spawn(session, frame.rid, self._send(session, frame))
+            order = session.order()
+            if not (order.idle() and self._send_now(session, frame)):
+                # Taken now, not when the task starts: a later frame of this read
+                # may take the task-free path and must not overtake this one.
+                turn = order.turn(self._loop)
+                self._spawn(session, frame.rid, self._send(session, frame, turn), turn)
         elif isinstance(frame, Typing):
             now = self.clock.now_ms()
             typing_at = session.typing_at
@@ -349,13 +363,16 @@ class WebSocketFront:
         session.conn.send(encode_error(rid, exc))
 
     def _spawn(
-        self, session: DeviceSession, rid: int | None, coro: Coroutine[Any, Any, None]
+        self, session: DeviceSession, rid: int | None, coro: Coroutine[Any, Any, None],
+        turn: SendTurn | None = None,
     ) -> None:
         if rid is None and self._stopping:
             coro.close()
             return
         if session.requests >= self.config.max_inflight_requests:
             coro.close()
+            if turn is not None:
+                turn.done()
             self._error(session, rid, RateLimited("too many requests in flight"))
             return
         session.requests += 1
@@ -364,6 +381,8 @@ class WebSocketFront:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if turn is not None:  # a task cancelled before it ran never reached the send
+            task.add_done_callback(lambda _: turn.done())
 
     async def _guard(
         self, session: DeviceSession, rid: int | None, coro: Coroutine[Any, Any, None]
@@ -415,14 +434,62 @@ class WebSocketFront:
         if members is None or session.user_id in members:
             self.service.delivered(session.actor, frame.conv, frame.seq, members)
 
-    async def _send(self, session: DeviceSession, f: Send) -> None:
+    async def _send(self, session: DeviceSession, f: Send, turn: SendTurn) -> None:
         started = self.clock.monotonic()
-        r = await self.service.send(session.actor, f.conv, f.mid, f.kind, f.body,
-                                    turn=session.order().turn(self._loop))
+        r = await self.service.send(session.actor, f.conv, f.mid, f.kind, f.body, turn=turn)
+        self._sent(session, f.rid, r, started)
+
+    def _sent(self, session: DeviceSession, rid: int, r: SendResult, started: float) -> None:
         session.conn.send(encode(Sent(
-            rid=f.rid, conv=r.conv, mid=r.mid, seq=r.seq, ts=r.ts, dup=r.dup
+            rid=rid, conv=r.conv, mid=r.mid, seq=r.seq, ts=r.ts, dup=r.dup
         )))
         self.metrics.send_duration.observe(self.clock.monotonic() - started)
+
+    def _send_now(self, session: DeviceSession, f: Send) -> bool:
+        """A send without a task: queued right away when the caches answer every
+        check, finished by a callback on its commit.  False when it must go the
+        task's way (nothing was done).
+
+        Without the task, its two coroutines and the turn's future the node spent
+        ~5% less CPU per message (112 against 117 µs at 6,000 msg/s, 1,000 users;
+        docs/performance.md, profile 8).
+        """
+        if session.requests >= self.config.max_inflight_requests:
+            return False  # (the task's way refuses it, as for every request)
+        started = self.clock.monotonic()
+        try:
+            queued = self.service.send_now(session.actor, f.conv, f.mid, f.kind, f.body)
+        except ParleyError as exc:
+            self._error(session, f.rid, exc)
+            return True
+        if queued is None:
+            return False
+        session.requests += 1
+        queued.result.add_done_callback(
+            partial(self._committed, session, f, queued, started)
+        )
+        return True
+
+    def _committed(
+        self, session: DeviceSession, f: Send, queued: QueuedSend, started: float,
+        fut: asyncio.Future[AppendResult],
+    ) -> None:
+        session.requests -= 1
+        try:
+            if fut.cancelled():
+                raise Unavailable("the message could not be stored; retry")
+            r = self.service.committed(
+                session.actor, f.conv, f.mid, f.kind, queued.canonical, queued.members,
+                fut.result(),
+            )
+        except ParleyError as exc:
+            self._error(session, f.rid, exc)
+            return
+        except Exception:
+            log.exception("request failed")
+            self._error(session, f.rid, ParleyError("internal error"))
+            return
+        self._sent(session, f.rid, r, started)
 
     def _fit(self, msgs: list[StoredMessage], keep_newest: bool) -> tuple[list[Msg], bool]:
         """Wire frames for a page, cut to a byte budget (a page must never trip the
