@@ -25,11 +25,11 @@ from parley.errors import ParleyError, RateLimited, Unavailable
 from parley.gateway.seam import Connection
 from parley.hub.hub import LocalHub
 from parley.hub.presence import PresenceState
+from parley.messaging.members import ConvMembers
 from parley.messaging.presence import PresenceFanout
 from parley.messaging.service import (
     Actor,
     MessagingService,
-    QueuedSend,
     SendOrder,
     SendResult,
     SendTurn,
@@ -465,22 +465,21 @@ class WebSocketFront:
         if queued is None:
             return False
         session.requests += 1
-        queued.result.add_done_callback(
-            partial(self._committed, session, f, queued, started)
+        queued.result.add_done_callback(  # (not ``queued``: it holds the future)
+            partial(self._committed, session, f, queued.members, queued.canonical, started)
         )
         return True
 
     def _committed(
-        self, session: DeviceSession, f: Send, queued: QueuedSend, started: float,
-        fut: asyncio.Future[AppendResult],
+        self, session: DeviceSession, f: Send, members: ConvMembers, canonical: bytes,
+        started: float, fut: asyncio.Future[AppendResult],
     ) -> None:
         session.requests -= 1
         try:
             if fut.cancelled():
                 raise Unavailable("the message could not be stored; retry")
             r = self.service.committed(
-                session.actor, f.conv, f.mid, f.kind, queued.canonical, queued.members,
-                fut.result(),
+                session.actor, f.conv, f.mid, f.kind, canonical, members, fut.result(),
             )
         except ParleyError as exc:
             self._error(session, f.rid, exc)
