@@ -505,8 +505,9 @@ class ParleyConnection(WSListener):
     """
 
     __slots__ = ("_ack_due", "_acks", "_bases", "_convs", "_device", "_events", "_gaps",
-                 "_mid_ms", "_mid_prefix", "_nonce", "_pending", "_resumed", "_uid", "_ws",
-                 "closed_code", "identity", "moved_to", "redirects", "repushed", "welcomed")
+                 "_going", "_mid_ms", "_mid_prefix", "_nonce", "_pending", "_resumed", "_uid",
+                 "_ws", "closed_code", "identity", "moved_to", "redirects", "repushed",
+                 "welcomed")
 
     def __init__(self, events: Events, device: str, bases: dict[int, int] | None = None,
                  acks: _AckTimer | None = None, identity: tuple[bytes, int] | None = None,
@@ -534,6 +535,8 @@ class ParleyConnection(WSListener):
         self.repushed = 0
         self.redirects = 0
         self.moved_to: str | None = None
+        self._going = False
+        """The server announced its shutdown (``reconnect``, reason "shutdown")."""
         self.closed_code: int | None = None
         self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.welcomed.add_done_callback(_retrieved)  # an attempt given up may fail later
@@ -599,7 +602,10 @@ class ParleyConnection(WSListener):
                 self.sync()
         elif t is ErrorFrame:
             err = cast(ErrorFrame, f)
-            if err.rid is not None:
+            # A send refused with a retryable error while the node shuts down (its
+            # message store already stopped) stays unacknowledged: the connection
+            # closes next, and the resume sends it again, as the SDK retries it.
+            if err.rid is not None and not (self._going and err.retryable):
                 self._events.failed(err.rid, err.code)
         elif t is Welcome:
             self._uid = uid = cast(Welcome, f).uid
@@ -608,6 +614,7 @@ class ParleyConnection(WSListener):
                 self.welcomed.set_result(None)
         elif t is Reconnect:
             r = cast(Reconnect, f)
+            self._going = self._going or r.reason == "shutdown"
             if r.reason == "moved" and r.url:  # before the welcome: a redirect; after
                 self.moved_to = r.url  # it: where to resume once closed (4010)
 

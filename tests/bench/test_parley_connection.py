@@ -250,3 +250,20 @@ async def test_a_connection_moved_after_its_welcome_remembers_where_to() -> None
     _push(conn, encode(Reconnect(reason="moved", after_ms=0, url="ws://127.0.0.1:9/v1/ws")))
     assert conn.moved_to == "ws://127.0.0.1:9/v1/ws"
     assert events.calls == []
+
+
+async def test_a_retryable_refusal_from_a_node_shutting_down_is_left_to_the_resume() -> None:
+    """A node that stops refuses sends with ``unavailable`` once its message store
+    stopped and before it closes the connection: such a send stays unacknowledged
+    (the resume sends it again); the same refusal from a node that is not shutting
+    down, or a final refusal, is a failure."""
+    conn, events, _ = _connected()
+    unavailable = ErrorFrame(rid=1, code="unavailable", message="stopping", retryable=True)
+    _push(conn, encode(unavailable))
+    assert events.calls == [("failed", 1, "unavailable")]
+    _push(conn, encode(Reconnect(reason="shutdown", after_ms=1000)))
+    _push(conn, encode(ErrorFrame(rid=2, code="unavailable", message="stopping",
+                                  retryable=True)))
+    assert events.calls == [("failed", 1, "unavailable")]
+    _push(conn, encode(ErrorFrame(rid=3, code="forbidden", message="no", retryable=False)))
+    assert events.calls == [("failed", 1, "unavailable"), ("failed", 3, "forbidden")]
