@@ -389,21 +389,26 @@ class WebSocketFront:
     ) -> None:
         try:
             await coro
-        except ParleyError as exc:
-            if rid is not None:
-                self._error(session, rid, exc)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is answered (_failed)
+            self._failed(session, rid, exc)
+        finally:
+            session.requests -= 1
+
+    def _failed(self, session: DeviceSession, rid: int | None, exc: Exception) -> None:
+        """Answer a request that raised: its own error, a retryable one when the
+        database failed, else "internal" (logged)."""
+        if isinstance(exc, ParleyError):
+            pass
+        elif isinstance(exc, (SQLAlchemyError, OSError, TimeoutError)):
             # The database failed (unreachable, connection cut): nothing was stored by
             # this request, so the client may retry -- never a non-retryable "internal".
             log.warning("request failed, database unavailable: %s", type(exc).__name__)
-            if rid is not None:
-                self._error(session, rid, Unavailable("the database is unavailable; retry"))
-        except Exception:
-            log.exception("request failed")
-            if rid is not None:
-                self._error(session, rid, ParleyError("internal error"))
-        finally:
-            session.requests -= 1
+            exc = Unavailable("the database is unavailable; retry")
+        else:
+            log.error("request failed", exc_info=exc)
+            exc = ParleyError("internal error")
+        if rid is not None:
+            self._error(session, rid, exc)
 
     def _presence_changed(
         self, session: DeviceSession, before: PresenceState, after: PresenceState
@@ -481,12 +486,8 @@ class WebSocketFront:
             r = self.service.committed(
                 session.actor, f.conv, f.mid, f.kind, canonical, members, fut.result(),
             )
-        except ParleyError as exc:
-            self._error(session, f.rid, exc)
-            return
-        except Exception:
-            log.exception("request failed")
-            self._error(session, f.rid, ParleyError("internal error"))
+        except Exception as exc:  # noqa: BLE001 - answered as a task's failure is
+            self._failed(session, f.rid, exc)
             return
         self._sent(session, f.rid, r, started)
 
