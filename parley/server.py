@@ -44,6 +44,7 @@ from parley.errors import ConfigError, ParleyError, StartupError
 from parley.gateway import GatewayConfig, GatewayServer
 from parley.heap import HeapKeeper, freeze_startup_heap
 from parley.hub import LocalHub
+from parley.looplag import LoopLagMonitor
 from parley.messaging import (
     FrontConfig,
     MembershipCache,
@@ -135,6 +136,8 @@ class Node:
         self.clock = clock or SystemClock()
         self.out = out or sys.stdout
         self.metrics = Metrics()
+        self.loop_lag = LoopLagMonitor()
+        self.metrics.registry.register(self.loop_lag)
         self.hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_kib=settings.argon2_memory_kib,
@@ -174,6 +177,7 @@ class Node:
 
     async def _start(self) -> None:
         s = self.settings
+        self.loop_lag.start()
         check_data_dir(s.data_dir)
         db = self.db = open_database(s)
         try:
@@ -399,6 +403,7 @@ class Node:
             await self.cursor_writer.stop()
         if self.db is not None:
             await self.db.close()
+        self.loop_lag.stop()
 
     # -- facts -------------------------------------------------------------------
     def _route(self, user_id: int) -> dict[str, str]:

@@ -385,7 +385,7 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
             target: str, shape: Shape, placement: str) -> dict[str, Any]:
     from parley.bench.coordinator import Warmup, percentiles
     from parley.bench.report import cdf
-    from parley.bench.stats import machine, versions
+    from parley.bench.stats import loop_lag_summary, machine, versions
     from parley.bench.worker import new_histogram
 
     ack, deliver, lag, sent_deliver = (new_histogram() for _ in range(4))
@@ -433,6 +433,8 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
             "cpu_us_per_msg": (sum(r.server_cpu_s for r in results) * 1e6 / total["sent"]
                                if total["sent"] else None),
             "processes": srv.processes if srv else 0, "source": srv.source if srv else None,
+            "loop_lag": loop_lag_summary(results[0].loop_lag[0], results[-1].loop_lag[1])
+            if results else None,
         },
         "client": {
             "workers": len(coord.workers), "cpu_s": client_cpu,

@@ -35,7 +35,7 @@ from hdrh.histogram import HdrHistogram
 from parley.bench.checker import SenderSummary, StreamSummary, Verdict, verdict
 from parley.bench.diskprobe import DiskProbe
 from parley.bench.scenarios import Shape, user_specs
-from parley.bench.stats import ServerSample, ServerStats
+from parley.bench.stats import LoopLag, ServerSample, ServerStats, loop_lag_summary
 from parley.bench.targets import Provisioned, Target
 from parley.bench.worker import Report, WorkerSpec, new_histogram, worker_main
 
@@ -91,6 +91,8 @@ class PhaseResult:
     errors: dict[str, int]
     drained: bool
     warmup: Warmup = field(default_factory=lambda: Warmup(0.0))
+    loop_lag: tuple[LoopLag | None, LoopLag | None] = (None, None)
+    """The nodes' loop-lag histograms at the phase's start and end."""
 
     def as_dict(self) -> dict[str, Any]:
         v, w = self.verdict, self.warmup
@@ -109,6 +111,7 @@ class PhaseResult:
             "client_cpu_us_per_msg": _per(self.client_cpu_s, v.sent + v.delivered),
             "server_cpu_s": self.server_cpu_s,
             "server_cpu_us_per_msg": _per(self.server_cpu_s, v.sent),
+            "server_loop_lag": loop_lag_summary(*self.loop_lag),
             "errors": self.errors,
         }
         if w.duration_s:
@@ -337,6 +340,7 @@ class Coordinator:
         t0 = time.monotonic_ns() + 100_000_000
         self._warm_ns = (t0, t0 + int(phase.warmup_s * 1e9))
         self.label = f"run {phase.rate:g}/s"
+        lag0 = asyncio.ensure_future(self._loop_lag_at(self._warm_ns[1]))
         for w in self.workers:
             share = sum(1 for u in w.spec.users if u.conv is not None) / senders
             w.ran = False
@@ -361,6 +365,7 @@ class Coordinator:
         v = _minus(total, self._verdict)
         self._verdict = total
         srv1 = self.stats.sample()
+        lag1 = await asyncio.to_thread(self.stats.loop_lag)  # the drain included: it is short
         after = self.errors()
         errors = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
         warm = Warmup(phase.warmup_s, self.total("warm_sent") - warm0["warm_sent"],
@@ -371,7 +376,13 @@ class Coordinator:
             phase.rate, phase.duration_s, v, self.phase.ack, self.phase.deliver, self.phase.lag,
             self.phase.sent_deliver, self.client_cpu() - cpu0,
             (srv1.cpu_s - srv0.cpu_s) if srv0 and srv1 else 0.0, errors, drained, warm,
+            (await lag0, lag1),
         )
+
+    async def _loop_lag_at(self, when_ns: int) -> LoopLag | None:
+        """The nodes' loop-lag histograms once the warm-up is over (``time.monotonic_ns``)."""
+        await asyncio.sleep(max(0.0, (when_ns - time.monotonic_ns()) / 1e9))
+        return await asyncio.to_thread(self.stats.loop_lag)
 
     def _drained(self) -> bool:
         done = self.total("acked") + self.total("failed") >= self.total("sent")

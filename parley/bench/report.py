@@ -86,6 +86,12 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         lines.append(f"server RSS {s['rss_bytes'] / 2**20:.1f} MiB"
                      + (f" ({per / 1024:.1f} KiB per connection)" if per else "")
                      + f", CPU {s.get('cpu_s', 0):.1f} s")
+    ll = s.get("loop_lag")
+    if ll and ll.get("probes"):
+        p99 = ll.get("p99_ms_at_most")
+        lines.append(f"server event loop lag: p99 <= {p99:g} ms" if p99 is not None
+                     else "server event loop lag: p99 over 10 s")
+        lines[-1] += f", {ll['over_10ms_pct']:g}% of {ll['probes']} probes over 10 ms"
     cl = r.get("client", {})
     if cl:
         lines.append(f"client CPU {cl.get('cpu_s', 0):.1f} s "

@@ -10,11 +10,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-__all__ = ["ServerSample", "ServerStats", "machine", "versions"]
+__all__ = ["LoopLag", "ServerSample", "ServerStats", "loop_lag_summary", "machine", "versions"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _METRIC = re.compile(r"^(process_resident_memory_bytes|process_cpu_seconds_total)\s+(\S+)$",
                      re.MULTILINE)
+_LAG_BUCKET = re.compile(
+    r'^parley_event_loop_lag_seconds_bucket\{le="([^"]+)"\}\s+(\S+)$', re.MULTILINE)
+
+LoopLag = dict[float, float]
+"""Cumulative probe counts of ``parley_event_loop_lag_seconds`` by upper bound (s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,45 @@ class ServerStats:
                 alive += 1
             return ServerSample(int(rss), cpu, alive, "metrics") if alive else None
         return None
+
+
+    def loop_lag(self) -> LoopLag | None:
+        """The nodes' event-loop lag histograms, summed (read from /metrics even when
+        pids are known: only the node measures its own loop).  None: no node answered."""
+        if not self.metrics_urls:
+            return None
+        from parley.bench.parley_target import http_get
+
+        total: LoopLag = {}
+        answered = False
+        for url in self.metrics_urls:
+            try:
+                text = http_get(url)
+            except OSError:
+                continue
+            answered = True
+            for le, n in _LAG_BUCKET.findall(text):
+                bound = float(le)  # "+Inf" parses as inf
+                total[bound] = total.get(bound, 0.0) + float(n)
+        return total if answered else None
+
+
+def loop_lag_summary(before: LoopLag | None, after: LoopLag | None) -> dict[str, Any] | None:
+    """The probes of a window (``after`` minus ``before``): how many, the share later
+    than 10 ms, and the smallest bucket bound holding 99% of them (an upper bound of
+    the p99; None when the probes never ran, e.g. a node older than this metric)."""
+    if not after:
+        return None
+    before = before or {}
+    bounds = sorted(after)
+    cum = [max(0.0, after[b] - before.get(b, 0.0)) for b in bounds]
+    probes = cum[-1]
+    if probes <= 0:
+        return {"probes": 0, "over_10ms_pct": 0.0, "p99_ms_at_most": None}
+    within_10ms = max((c for b, c in zip(bounds, cum, strict=True) if b <= 0.01), default=0.0)
+    p99 = next(b for b, c in zip(bounds, cum, strict=True) if c >= 0.99 * probes)
+    return {"probes": int(probes), "over_10ms_pct": round(100 * (1 - within_10ms / probes), 3),
+            "p99_ms_at_most": None if p99 == float("inf") else p99 * 1000}
 
 
 def _proc_rss(pid: int) -> int:

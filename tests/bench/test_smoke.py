@@ -136,6 +136,9 @@ def test_chat(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     assert r["ack_ms"]["count"] == 300 and r["deliver_ms"]["count"] == 300
     assert r["client"]["workers"] == 2
     assert r["server"]["source"] == "metrics"
+    lag = r["server"]["loop_lag"]  # the node probes its loop every 0.1 s: 1.5 s holds some
+    assert lag["probes"] > 0 and lag["p99_ms_at_most"] is not None, lag
+    assert "server event loop lag: p99 <=" in proc.stdout
     _plots(tmp_path / "plots")
     dp = r["disk_probe"]
     assert dp["dir"] == str(probed) and dp["count"] > 0 and "error" not in dp

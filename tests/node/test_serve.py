@@ -34,6 +34,7 @@ def test_serve_health_metrics_and_graceful_stop(tmp_path: Path, sig: int) -> Non
     assert "parley_http_requests_total" in metrics
     assert 'parley_gc_pause_seconds_count{generation="0"}' in metrics  # the heap policy
     assert "parley_gc_freezes_total" in metrics
+    assert "parley_event_loop_lag_seconds_count" in metrics  # the loop-lag probe
     missing = httpx.get(f"{base}/no-such-thing")
     assert missing.status_code == 404
     assert set(missing.json()) == {"code", "message", "request_id"}
