@@ -340,6 +340,7 @@ class Coordinator:
         t0 = time.monotonic_ns() + 100_000_000
         self._warm_ns = (t0, t0 + int(phase.warmup_s * 1e9))
         self.label = f"run {phase.rate:g}/s"
+        # Read once the warm-up is over (if the phase fails first, asyncio.run cancels it).
         lag0 = asyncio.ensure_future(self._loop_lag_at(self._warm_ns[1]))
         for w in self.workers:
             share = sum(1 for u in w.spec.users if u.conv is not None) / senders
