@@ -378,6 +378,7 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        self.loop_lag.stop()
         self.metrics.up.set(0)
         if self.cluster is not None:  # move this node's users to the others first
             await self.cluster.drain()
@@ -403,7 +404,6 @@ class Node:
             await self.cursor_writer.stop()
         if self.db is not None:
             await self.db.close()
-        self.loop_lag.stop()
 
     # -- facts -------------------------------------------------------------------
     def _route(self, user_id: int) -> dict[str, str]:
