@@ -8,6 +8,7 @@ import pytest
 from picows import WSMsgType
 
 from parley.gateway import closecodes
+from parley.gateway import server as gateway_server
 
 from .support import (
     CLOSE,
@@ -101,6 +102,30 @@ async def test_client_that_stops_answering_pings_is_closed() -> None:
         await client.expect_eof()
         assert await rec.next_close() == (conn, closecodes.GOING_AWAY)
         await client.close()
+
+
+async def test_a_sweep_in_slices_still_visits_every_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One connection per slice: the sweep yields between slices and still pings
+    (and times out) every connection, including one closed mid-sweep."""
+    monkeypatch.setattr(gateway_server, "SWEEP_CHUNK", 1)
+    rec = Recorder()
+    async with running(rec, ping_interval_s=0.2, ping_timeout_s=0.1) as server:
+        clients = [await RawWs.open(server.port) for _ in range(4)]
+        conns = [await rec.next_open() for _ in clients]
+        conns[0].close(closecodes.NORMAL, "bye")
+        assert (await clients[0].recv_close()).close_code == closecodes.NORMAL
+        for client in clients[1:]:
+            frame = await client.recv()
+            assert frame.opcode == PING  # never answered
+            close = await client.recv()
+            assert (close.opcode, close.close_code) == (CLOSE, closecodes.GOING_AWAY)
+        closed = {await rec.next_close() for _ in clients}
+        assert closed == {(conns[0], closecodes.NORMAL)} | {
+            (c, closecodes.GOING_AWAY) for c in conns[1:]}
+        for client in clients:
+            await client.close()
 
 
 async def test_client_that_answers_pings_stays_open() -> None:

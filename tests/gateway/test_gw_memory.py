@@ -4,12 +4,17 @@ of its own; and the one heartbeat that pings them all."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
+from collections import Counter
 from dataclasses import dataclass
 
+import pytest
 from picows import WSMsgType
 
 from parley.gateway import Principal, closecodes
 from parley.gateway.connection import GatewayContext, Outbox, WsConnection
+from tests.waiting import until
 
 from .support import TEXT, RawWs, Recorder, TokenAuth, running
 
@@ -141,3 +146,44 @@ async def test_heartbeat_closes_1001_without_a_pong_even_if_other_frames_come() 
     _beat(ctx, conn)
     assert transport.closes == [closecodes.GOING_AWAY]
     assert conn.closed
+
+
+async def test_no_gateway_task_keeps_the_last_closed_connection_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sweep and the heartbeat visit every connection.  Once the node's last one
+    has closed, neither may keep it referenced: seen in CI, the sweep's loop
+    variable held the last connection it visited (and its whole graph) until
+    another connection came."""
+    visits: Counter[str] = Counter()
+    reap, beat = WsConnection.reap_if_closed_by_picows, WsConnection.heartbeat
+
+    def counted_reap(self: WsConnection) -> None:
+        visits["sweep"] += 1
+        reap(self)
+
+    def counted_beat(self: WsConnection, tick: int, idle_ticks: int, reply_ticks: int) -> None:
+        visits["heartbeat"] += 1
+        beat(self, tick, idle_ticks, reply_ticks)
+
+    monkeypatch.setattr(WsConnection, "reap_if_closed_by_picows", counted_reap)
+    monkeypatch.setattr(WsConnection, "heartbeat", counted_beat)
+    rec = Recorder()
+    async with running(rec, close_timeout_s=0.02, ping_interval_s=5, ping_timeout_s=0.08) as server:
+        client = await RawWs.open(server.port)
+        conn = await rec.next_open()
+        assert isinstance(conn, WsConnection)
+        await until(lambda: visits["sweep"] >= 1 and visits["heartbeat"] >= 1,
+                    what="a sweep and a heartbeat over the open connection")
+        ref = weakref.ref(conn)
+        conn.close(closecodes.NORMAL, "bye")
+        assert (await client.recv_close()).close_code == closecodes.NORMAL
+        await client.close()
+        closed, _ = await rec.next_close()
+        assert closed is conn and server.connection_count == 0
+        del conn, closed
+        gc.disable()  # freed by reference counting, as a frozen heap requires (parley.heap)
+        try:
+            await until(lambda: ref() is None, what="the closed connection freed")
+        finally:
+            gc.enable()
