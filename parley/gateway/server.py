@@ -40,7 +40,8 @@ _log = logging.getLogger("parley.gateway")
 
 SWEEP_CHUNK = 1000
 """Connections the heartbeat visits before letting the loop run other callbacks:
-one pass over a full node's 16,700 connections held the loop ~4-5 ms at once."""
+one pass over 16,000 idle connections held the loop 3.5-5.3 ms at once (measured
+with `parley bench connect --connections 16000`); a slice of 1,000, ~0.3 ms."""
 
 
 def _format_peer(peer: Any) -> str:
