@@ -818,12 +818,15 @@ class Links:
         ib.next = ping.next
 
     async def _tick(self) -> None:
-        cfg = self.config
         while True:
-            await asyncio.sleep(cfg.heartbeat_s)
-            now = self._loop.time()
-            for link in list(self._peers.values()):
-                link._heartbeat(now)
-            for conn in list(self._conns):
-                if conn.state == _UP and now - conn.last_rx > cfg.dead_after_s:
-                    conn.fail("peer silent")
+            await asyncio.sleep(self.config.heartbeat_s)
+            self._beat(self._loop.time())
+
+    def _beat(self, now: float) -> None:
+        # A method of its own: a loop variable of the long-lived coroutine would keep
+        # the last link and connection it visited alive (see GatewayServer._sweep).
+        for link in list(self._peers.values()):
+            link._heartbeat(now)
+        for conn in list(self._conns):
+            if conn.state == _UP and now - conn.last_rx > self.config.dead_after_s:
+                conn.fail("peer silent")
