@@ -5,7 +5,9 @@ than the time between events -- too many frames, a slow synchronous call, a
 long collector pause -- every socket of the node waits, and no per-request
 histogram shows why: each request measures its own wait, not the loop's.
 ``LoopLagMonitor`` asks the loop to run a probe every ``interval_s`` and
-records how late it ran, in ``parley_event_loop_lag_seconds``.  A healthy
+records how late it ran, in ``parley_event_loop_lag_seconds`` (no separate
+maximum: the buckets reach 10 s, and a lifetime maximum would mostly show the
+start, whose collection and freeze block the loop by design).  A healthy
 node's probes run within a millisecond; a p99 of tens of milliseconds means
 the node is out of CPU (add nodes, see docs/operations.md), and single
 probes of seconds point at a blocking call.
@@ -18,7 +20,7 @@ which would hide the callbacks that ran before the probe in the same one.
 Resolution: uvloop (libuv) rounds timers to whole milliseconds, so lags under
 1 ms are timer granularity, not load; the lowest bucket is 1 ms for that reason.
 Like ``HeapKeeper``, it is a registry collector holding plain numbers: the
-probe touches no lock and allocates nothing per run.
+probe takes no lock and allocates only its next timer handle.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["LAG_BUCKETS", "LoopLagMonitor"]
@@ -45,7 +47,6 @@ class LoopLagMonitor(Collector):
         self.interval_s = interval_s
         self._counts = [0] * (len(LAG_BUCKETS) + 1)  # last bucket is +Inf
         self._sum = 0.0
-        self._max = 0.0
         self._due = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -75,8 +76,6 @@ class LoopLagMonitor(Collector):
     def _probe(self) -> None:
         lag = max(0.0, time.monotonic() - self._due)
         self._sum += lag
-        if lag > self._max:
-            self._max = lag
         for i, bound in enumerate(LAG_BUCKETS):
             if lag <= bound:
                 self._counts[i] += 1
@@ -96,9 +95,4 @@ class LoopLagMonitor(Collector):
             "event loop (1 ms resolution); a high p99 means the node is out of CPU.",
             buckets=cumulative, sum_value=self._sum,
         )
-        worst = GaugeMetricFamily(
-            "parley_event_loop_lag_max_seconds",
-            "The largest lag of any probe since the node started.",
-            value=self._max,
-        )
-        return [lag, worst]
+        return [lag]

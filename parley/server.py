@@ -177,7 +177,6 @@ class Node:
 
     async def _start(self) -> None:
         s = self.settings
-        self.loop_lag.start()
         check_data_dir(s.data_dir)
         db = self.db = open_database(s)
         try:
@@ -300,6 +299,9 @@ class Node:
             metrics=JobMetrics(self.metrics.registry),
         )
         self.jobs.start()
+        # Last: opening the database, migrating and hashing the first password block
+        # the loop by design and are not what the lag is about.
+        self.loop_lag.start()
 
     async def _prepare_schema(self, db: Database) -> None:
         try:

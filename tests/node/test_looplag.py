@@ -30,7 +30,6 @@ async def test_a_blocked_loop_shows_as_one_late_probe() -> None:
         before = m.probes
         await until(lambda: m.probes > before, what="the late probe")
         got = _scrape(m)
-        assert got["parley_event_loop_lag_max_seconds"] >= 0.28
         late = got["parley_event_loop_lag_seconds_count"] - got[
             'parley_event_loop_lag_seconds_bucket{le="0.25"}']
         assert late >= 1
