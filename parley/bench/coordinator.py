@@ -92,7 +92,7 @@ class PhaseResult:
     drained: bool
     warmup: Warmup = field(default_factory=lambda: Warmup(0.0))
     loop_lag: tuple[LoopLag | None, LoopLag | None] = (None, None)
-    """The nodes' loop-lag histograms at the phase's start and end."""
+    """The nodes' loop-lag histograms once the warm-up was over and after the drain."""
 
     def as_dict(self) -> dict[str, Any]:
         v, w = self.verdict, self.warmup

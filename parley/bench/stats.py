@@ -66,7 +66,6 @@ class ServerStats:
             return ServerSample(int(rss), cpu, alive, "metrics") if alive else None
         return None
 
-
     def loop_lag(self) -> LoopLag | None:
         """The nodes' event-loop lag histograms, summed (read from /metrics even when
         pids are known: only the node measures its own loop).  None: no node answered."""
