@@ -28,6 +28,8 @@ _LATENCY = (
     0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Event-loop lag from 1 ms (uvloop's timer resolution, see parley.looplag) to 10 s.
+_LOOP_LAG = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -49,6 +51,12 @@ class Metrics:
             "parley_start_time_seconds", "When this node started (Unix time).", registry=r
         )
         self.up = Gauge("parley_up", "1 while the node serves, 0 while it drains.", registry=r)
+        self.event_loop_lag = Histogram(
+            "parley_event_loop_lag_seconds",
+            "How late a probe due every 0.1 s ran on the node's event loop (1 ms "
+            "resolution, parley.looplag); a high p99 means the node is out of CPU.",
+            buckets=_LOOP_LAG, registry=r,
+        )
 
         # -- HTTP ----------------------------------------------------------
         self.http_requests = Counter(

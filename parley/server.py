@@ -136,8 +136,7 @@ class Node:
         self.clock = clock or SystemClock()
         self.out = out or sys.stdout
         self.metrics = Metrics()
-        self.loop_lag = LoopLagMonitor()
-        self.metrics.registry.register(self.loop_lag)
+        self.loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
         self.hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_kib=settings.argon2_memory_kib,
