@@ -36,6 +36,7 @@ from parley.auth.wsauth import TokenAuthenticator
 from parley.bootstrap import ensure_default_tenant
 from parley.clock import Clock, SystemClock
 from parley.cluster.jobs import JobMetrics, JobScheduler, maintenance_jobs
+from parley.cluster.local import SUPERVISOR_ENV, watch_supervisor
 from parley.cluster.node import ClusterNode
 from parley.cluster.router import ClusterRouter
 from parley.cluster.slots import SLOTS
@@ -467,6 +468,19 @@ async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
             loop.add_signal_handler(sig, stopping.set)
         except (NotImplementedError, RuntimeError):  # Windows
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stopping.set))
+    watcher: asyncio.Task[None] | None = None
+    if os.environ.get(SUPERVISOR_ENV) and sys.platform != "win32":  # `serve --nodes N`
+
+        def orphaned() -> None:
+            # stdout and stderr were pipes to the supervisor: writing to them now
+            # would raise BrokenPipeError in the middle of the graceful stop.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            stopping.set()
+
+        watcher = asyncio.create_task(watch_supervisor(orphaned))
     node = Node(settings, out=out)
     await node.start()
     keeper = HeapKeeper(freeze_after_s=settings.gc_freeze_after_ms / 1000)
@@ -480,6 +494,8 @@ async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
         f"pid {os.getpid()})"
     )
     await stopping.wait()
+    if watcher is not None:
+        watcher.cancel()
     node._say("Shutting down: draining connections and flushing writes...")
     await asyncio.wait_for(node.stop(), timeout=settings.shutdown_timeout_s * 3)
     keeper.uninstall()

@@ -2,7 +2,8 @@
 used through real sockets: clients connecting to any node end up on their user's
 node, messages and events cross nodes, ``/api/v1/route``, ``/api/v1/route/map``
 and ``parley cluster status`` agree with where the clients are, ``parley bench``
-connects each user straight to its node, and Ctrl-C stops every node.
+connects each user straight to its node, and Ctrl-C stops every node; so do a
+hangup and the supervisor's death (each node runs in a session of its own).
 """
 
 from __future__ import annotations
@@ -304,3 +305,53 @@ async def test_status_needs_the_secret_and_metrics_agree(cluster: LocalCluster,
                    if k.startswith("parley_cluster_link_up{") and float(v) == 1]
             assert len(ups) == NODES - 1, ups
     assert leaders == 1
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the supervisor's nodes)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a reaper counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+async def test_a_hangup_stops_every_node_and_each_node_has_its_own_session(
+        cluster: LocalCluster) -> None:
+    nodes = _children(cluster.proc.pid)
+    assert len(nodes) == NODES, nodes
+    # A session (and so a CPU share under autogroup scheduling) of each node's own.
+    sessions = {os.getsid(pid) for pid in nodes}
+    assert len(sessions) == NODES and os.getsid(cluster.proc.pid) not in sessions
+    cluster.proc.send_signal(signal.SIGHUP)
+    code = await asyncio.to_thread(cluster.proc.wait, 60)
+    assert code == 0
+    assert all(_gone(pid) for pid in nodes)
+
+
+async def test_nodes_stop_when_their_supervisor_is_killed(cluster: LocalCluster) -> None:
+    nodes = _children(cluster.proc.pid)
+    assert len(nodes) == NODES, nodes
+    cluster.proc.kill()
+    await asyncio.to_thread(cluster.proc.wait, 10)
+    try:
+        await until(lambda: all(_gone(pid) for pid in nodes), 30,
+                    "every node stopped after its supervisor died")
+    finally:
+        for pid in nodes:  # (orphans of a failed run would outlive the test)
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
