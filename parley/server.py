@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -459,6 +460,16 @@ class Node:
         print(line, file=self.out, flush=True)
 
 
+def _stdin_is_a_pipe() -> bool:
+    """A pipe or a socket (asyncio's subprocess pipes are socket pairs), so not a
+    terminal or /dev/null, which would read as the supervisor gone."""
+    try:
+        mode = os.fstat(0).st_mode
+        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    except OSError:  # no stdin at all
+        return False
+
+
 async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
     """Run a node until SIGINT or SIGTERM, then shut down gracefully; returns 0."""
     loop = asyncio.get_running_loop()
@@ -469,7 +480,8 @@ async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
         except (NotImplementedError, RuntimeError):  # Windows
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stopping.set))
     watcher: asyncio.Task[None] | None = None
-    if os.environ.get(SUPERVISOR_ENV) and sys.platform != "win32":  # `serve --nodes N`
+    if os.environ.get(SUPERVISOR_ENV) and sys.platform != "win32" and _stdin_is_a_pipe():
+        # a node of `parley serve --nodes N`
 
         def orphaned() -> None:
             # stdout and stderr were pipes to the supervisor: writing to them now
