@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from parley.auth.wsauth import TokenAuthenticator
 from parley.bootstrap import ensure_default_tenant
 from parley.clock import Clock, SystemClock
 from parley.cluster.jobs import JobMetrics, JobScheduler, maintenance_jobs
-from parley.cluster.local import SUPERVISOR_ENV, watch_supervisor
+from parley.cluster.local import supervised, watch_supervisor
 from parley.cluster.node import ClusterNode
 from parley.cluster.router import ClusterRouter
 from parley.cluster.slots import SLOTS
@@ -460,18 +459,9 @@ class Node:
         print(line, file=self.out, flush=True)
 
 
-def _stdin_is_a_pipe() -> bool:
-    """A pipe or a socket (asyncio's subprocess pipes are socket pairs), so not a
-    terminal or /dev/null, which would read as the supervisor gone."""
-    try:
-        mode = os.fstat(0).st_mode
-        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-    except OSError:  # no stdin at all
-        return False
-
-
 async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
-    """Run a node until SIGINT or SIGTERM, then shut down gracefully; returns 0."""
+    """Run a node until SIGINT or SIGTERM (or, in a local cluster, until its supervisor
+    is gone), then shut down gracefully; returns 0."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -480,8 +470,7 @@ async def serve(settings: Settings, *, out: TextIO | None = None) -> int:
         except (NotImplementedError, RuntimeError):  # Windows
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stopping.set))
     watcher: asyncio.Task[None] | None = None
-    if os.environ.get(SUPERVISOR_ENV) and sys.platform != "win32" and _stdin_is_a_pipe():
-        # a node of `parley serve --nodes N`
+    if supervised():  # a node of `parley serve --nodes N`
 
         def orphaned() -> None:
             # stdout and stderr were pipes to the supervisor: writing to them now

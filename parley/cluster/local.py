@@ -36,17 +36,12 @@ every node gracefully and waits for them.
 Each node runs in a session of its own (POSIX), as under a service manager:
 the supervisor alone owns the nodes' lifecycle.  A terminal's Ctrl-C and hangup
 reach the supervisor, which stops the nodes gracefully with SIGTERM (before, a
-hangup killed every node outright), and a node started with
-``PARLEY_SUPERVISOR_PID`` set stops on its own when the supervisor is gone
-(killed with SIGKILL, say; before, the nodes ran on and held their ports):
-see ``watch_supervisor``.  Under Linux's autogroup scheduling (the default of
-Debian's kernels) a session is one CPU share, so each node now has a share of
-its own instead of all of them sharing one.  Measured with 6 nodes on one
-2-core machine, chat at 5,000 msg/s across them, the load client in a session
-of its own: the nodes' loop-lag probes over 10 ms fell from 18-23% to 2-14%,
-the send->deliver p99 did not clearly change (189-283 against 170-441 ms);
-with the load client in the nodes' session it fell from 243-1,037 to
-126-459 ms (docs/performance.md).
+hangup killed every node outright), and a node stops on its own when the
+supervisor is gone (killed with SIGKILL, say; before, the nodes ran on and held
+their ports): see ``supervised`` and ``watch_supervisor``.  Under Linux's
+autogroup scheduling a session is also one CPU share; measured with 6 nodes at
+5,000 msg/s, a share per node lowered the nodes' loop lag but not clearly the
+p99 (docs/performance.md, 29 November 18:00).
 """
 
 from __future__ import annotations
@@ -64,11 +59,13 @@ from pathlib import Path
 from parley.config import Settings
 from parley.errors import EXIT_CONFIG, ConfigError
 
-__all__ = ["SUPERVISOR_ENV", "LocalCluster", "NodePlan", "plan_nodes", "watch_supervisor"]
+__all__ = [
+    "SUPERVISOR_ENV", "LocalCluster", "NodePlan", "plan_nodes", "supervised", "watch_supervisor",
+]
 
 PORT_STEP = 10
 SUPERVISOR_ENV = "PARLEY_SUPERVISOR_PID"
-"""Set by the supervisor in each node's environment: its own pid."""
+"""Set by the supervisor in each node's environment: its own pid (see ``supervised``)."""
 # Concurrent commits of all local nodes together, by default: one node's default.
 COMMITS_PER_CLUSTER: int = Settings.model_fields["commit_partitions"].default
 
@@ -236,6 +233,14 @@ class LocalCluster:
         if EXIT_CONFIG in codes:
             return EXIT_CONFIG
         return 0 if all(c == 0 for c in codes) else 1
+
+
+def supervised() -> bool:
+    """True in a node that this module's supervisor started: its parent is the pid
+    in ``SUPERVISOR_ENV`` (a variable inherited by anything else does not count),
+    on POSIX, where the supervisor gives it the stdin ``watch_supervisor`` reads."""
+    pid = os.environ.get(SUPERVISOR_ENV, "")
+    return sys.platform != "win32" and pid.isdigit() and int(pid) == os.getppid()
 
 
 async def watch_supervisor(on_gone: Callable[[], None]) -> None:

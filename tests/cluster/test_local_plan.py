@@ -4,12 +4,13 @@ one refuses its settings."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from parley.cluster.local import LocalCluster, plan_nodes
+from parley.cluster.local import SUPERVISOR_ENV, LocalCluster, plan_nodes, supervised
 from parley.config import Settings, load_settings
 from parley.errors import EXIT_CONFIG, ConfigError
 
@@ -103,3 +104,16 @@ async def test_restart_pauses_double_only_while_a_node_keeps_exiting_early(
         await cluster.run()
     said = [x.split(" in ")[1].removesuffix(" s") for x in lines if "starting it again" in x]
     assert said == delays
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no sessions or stdin watch on Windows")
+def test_only_a_child_of_the_named_supervisor_is_supervised(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SUPERVISOR_ENV, raising=False)
+    assert not supervised()
+    monkeypatch.setenv(SUPERVISOR_ENV, str(os.getppid() + 1))  # inherited from elsewhere
+    assert not supervised()
+    monkeypatch.setenv(SUPERVISOR_ENV, "not-a-pid")
+    assert not supervised()
+    monkeypatch.setenv(SUPERVISOR_ENV, str(os.getppid()))
+    assert supervised()
