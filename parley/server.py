@@ -453,6 +453,8 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             checks["database"] = f"unreachable ({type(exc).__name__})"
         self.metrics.db_up.set(1 if checks["database"] == "ok" else 0)
+        if self.cluster is not None:
+            checks["cluster"] = self.cluster.readiness()
         return ReadyReport(ready=all(v == "ok" for v in checks.values()), checks=checks)
 
     def _say(self, line: str) -> None:

@@ -62,7 +62,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get(
         "/readyz",
         tags=["operations"],
-        summary="Readiness: the database answers and its schema is current.",
+        summary="Readiness: the database answers, its schema is current and, in a cluster, "
+        "the node knows a complete slot map.",
         response_model=ReadyReport,
         responses={503: {"model": ErrorBody, "description": "Not ready"}},
     )

@@ -31,6 +31,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 
 from parley.bench.targets import Connector, ParleyConnector, Provisioned, TargetOptions, Topology
-from parley.cluster.slots import SlotMap
+from parley.cluster.slots import SLOTS, SlotMap
 from parley.config import Settings, load_settings
 from parley.errors import ConfigError, StartupError
 from parley.store import AccountStore, Database, SchemaState, schema_status
@@ -274,18 +275,38 @@ def _metrics_url(ws_url: str) -> str:
 _SERVING_STATES: Final = frozenset({"active", "draining", "joining"})
 
 
-def fetch_slot_map(ws_urls: Sequence[str]) -> dict[str, Any] | None:
+def fetch_slot_map(ws_urls: Sequence[str], *, wait_s: float = 30.0,
+                   poll_s: float = 0.5) -> dict[str, Any] | None:
     """``GET /api/v1/route/map`` from the first node that answers (tried in order,
-    each on its gateway port - 1); None when none does (an older node, or ports
-    not following the convention)."""
-    for url in ws_urls:
-        try:
-            doc = json.loads(http_get(f"{_http_base(url)}/api/v1/route/map"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict):
-            return doc
-    return None
+    each on its gateway port - 1), until one answers a map that assigns every slot
+    or ``wait_s`` has passed: a cluster started a moment ago answers an empty map
+    until its first leader has placed the slots (the nodes' ``/readyz`` waits for
+    the same).  Returns the last map answered, complete or not; None when no node
+    answers one (an older node, or ports not following the convention)."""
+    deadline = time.monotonic() + wait_s
+    last: dict[str, Any] | None = None
+    while True:
+        for url in ws_urls:
+            try:
+                doc = json.loads(http_get(f"{_http_base(url)}/api/v1/route/map"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict):
+                last = doc
+                if _assigned(doc) >= SLOTS:
+                    return doc
+                break
+        if last is None or time.monotonic() + poll_s > deadline:
+            return last
+        time.sleep(poll_s)  # polled: a node announces its map to nobody outside
+
+
+def _assigned(slot_map: Mapping[str, Any]) -> int:
+    """Slots a ``/api/v1/route/map`` answer assigns (0 for a malformed one)."""
+    try:
+        return sum(int(last) - int(first) + 1 for first, last, _ in slot_map["ranges"])
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 def _url_key(url: str) -> tuple[str, str, int | None, str]:

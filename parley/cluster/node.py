@@ -33,7 +33,7 @@ from parley.auth.sessions import RevocationList, SessionService
 from parley.cluster.links import Links
 from parley.cluster.membership import ClusterConfig, ClusterMembership, ClusterView
 from parley.cluster.router import ClusterRouter
-from parley.cluster.slots import slot_of_user
+from parley.cluster.slots import SLOTS, slot_of_user
 from parley.config import Settings, split_addr
 from parley.errors import ConfigError, ParleyError
 from parley.hub.hub import LocalHub
@@ -318,6 +318,21 @@ class ClusterNode:
             await self.links.stop()
             self.links = None
         self.router.links = None
+
+    def readiness(self) -> str:
+        """``"ok"`` once this node knows a slot map that places every user, else why not.
+
+        Until then the node serves whoever connects and sends them on when the map
+        arrives: a load balancer or a load client that waits for this check places
+        clients once instead of twice.  A known map stays known (a partition or a
+        lost leader does not make the node unready)."""
+        view = self._view
+        if view is None:
+            return "no slot map yet"
+        unassigned = view.replica.slots.unassigned()
+        if unassigned:
+            return f"slot map incomplete ({unassigned} of {SLOTS} slots unassigned)"
+        return "ok"
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = (
