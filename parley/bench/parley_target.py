@@ -277,12 +277,12 @@ _SERVING_STATES: Final = frozenset({"active", "draining", "joining"})
 
 def fetch_slot_map(ws_urls: Sequence[str], *, wait_s: float = 30.0,
                    poll_s: float = 0.5) -> dict[str, Any] | None:
-    """``GET /api/v1/route/map`` from the first node that answers (tried in order,
-    each on its gateway port - 1), until one answers a map that assigns every slot
-    or ``wait_s`` has passed: a cluster started a moment ago answers an empty map
-    until its first leader has placed the slots (the nodes' ``/readyz`` waits for
-    the same).  Returns the last map answered, complete or not; None when no node
-    answers one (an older node, or ports not following the convention)."""
+    """``GET /api/v1/route/map`` from the nodes (in order, each on its gateway port
+    - 1) until one answers a map that assigns every slot or ``wait_s`` has passed:
+    a cluster started a moment ago answers an empty map until its first leader has
+    placed the slots (the nodes' ``/readyz`` waits for the same).  Returns the
+    last map answered, complete or not; None when no node answers one (an older
+    node, or ports not following the convention)."""
     deadline = time.monotonic() + wait_s
     last: dict[str, Any] | None = None
     while True:
@@ -292,10 +292,9 @@ def fetch_slot_map(ws_urls: Sequence[str], *, wait_s: float = 30.0,
             except (OSError, ValueError):
                 continue
             if isinstance(doc, dict):
-                last = doc
                 if _assigned(doc) >= SLOTS:
                     return doc
-                break
+                last = doc  # incomplete: another node may know more
         if last is None or time.monotonic() + poll_s > deadline:
             return last
         time.sleep(poll_s)  # polled: a node announces its map to nobody outside
