@@ -385,7 +385,7 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
             target: str, shape: Shape, placement: str) -> dict[str, Any]:
     from parley.bench.coordinator import Warmup, percentiles
     from parley.bench.report import cdf
-    from parley.bench.stats import loop_lag_summary, machine, versions
+    from parley.bench.stats import loop_lag_summary, machine, machine_busy, versions
     from parley.bench.worker import new_histogram
 
     ack, deliver, lag, sent_deliver = (new_histogram() for _ in range(4))
@@ -442,7 +442,11 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
             if total["sent"] + total["delivered"] else None,
             "lag_ms": percentiles(lag), "gc": "frozen and disabled in workers while timed",
         },
-        "errors": coord.errors(), "versions": versions(), "machine": machine(),
+        "errors": coord.errors(), "versions": versions(), "machine": {
+            **machine(),
+            "busy": machine_busy(results[0].machine[0], results[-1].machine[1])
+            if results else None,
+        },
         "series": coord.series,
     }
     if coord.probe is not None:

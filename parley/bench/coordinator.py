@@ -35,7 +35,15 @@ from hdrh.histogram import HdrHistogram
 from parley.bench.checker import SenderSummary, StreamSummary, Verdict, verdict
 from parley.bench.diskprobe import DiskProbe
 from parley.bench.scenarios import Shape, user_specs
-from parley.bench.stats import LoopLag, ServerSample, ServerStats, loop_lag_summary
+from parley.bench.stats import (
+    CpuTimes,
+    LoopLag,
+    ServerSample,
+    ServerStats,
+    loop_lag_summary,
+    machine_busy,
+    machine_cpu,
+)
 from parley.bench.targets import Provisioned, Target
 from parley.bench.worker import Report, WorkerSpec, new_histogram, worker_main
 
@@ -93,6 +101,8 @@ class PhaseResult:
     warmup: Warmup = field(default_factory=lambda: Warmup(0.0))
     loop_lag: tuple[LoopLag | None, LoopLag | None] = (None, None)
     """The nodes' loop-lag histograms once the warm-up was over and after the drain."""
+    machine: tuple[CpuTimes | None, CpuTimes | None] = (None, None)
+    """The machine's CPU times at the phase's start and after its drain."""
 
     def as_dict(self) -> dict[str, Any]:
         v, w = self.verdict, self.warmup
@@ -112,6 +122,7 @@ class PhaseResult:
             "server_cpu_s": self.server_cpu_s,
             "server_cpu_us_per_msg": _per(self.server_cpu_s, v.sent),
             "server_loop_lag": loop_lag_summary(*self.loop_lag),
+            "machine_busy": machine_busy(*self.machine),
             "errors": self.errors,
         }
         if w.duration_s:
@@ -334,7 +345,7 @@ class Coordinator:
     async def run_phase(self, phase: Phase) -> PhaseResult:
         senders = max(1, self.cfg.shape.senders)
         self.phase = _Totals()
-        cpu0, srv0 = self.client_cpu(), self.stats.sample()
+        cpu0, srv0, machine0 = self.client_cpu(), self.stats.sample(), machine_cpu()
         before = self.errors()
         warm0 = {k: self.total(k) for k in ("warm_sent", "warm_acked", "warm_delivered")}
         t0 = time.monotonic_ns() + 100_000_000
@@ -365,7 +376,7 @@ class Coordinator:
         total = verdict(senders_sum, streams, self.cfg.shape.receivers)
         v = _minus(total, self._verdict)
         self._verdict = total
-        srv1 = self.stats.sample()
+        srv1, machine1 = self.stats.sample(), machine_cpu()
         lag1 = await asyncio.to_thread(self.stats.loop_lag)  # the drain included: it is short
         after = self.errors()
         errors = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
@@ -377,7 +388,7 @@ class Coordinator:
             phase.rate, phase.duration_s, v, self.phase.ack, self.phase.deliver, self.phase.lag,
             self.phase.sent_deliver, self.client_cpu() - cpu0,
             (srv1.cpu_s - srv0.cpu_s) if srv0 and srv1 else 0.0, errors, drained, warm,
-            (await lag0, lag1),
+            (await lag0, lag1), (machine0, machine1),
         )
 
     async def _loop_lag_at(self, when_ns: int) -> LoopLag | None:

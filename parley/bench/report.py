@@ -97,6 +97,11 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         lines.append(f"client CPU {cl.get('cpu_s', 0):.1f} s "
                      f"({cl.get('cpu_us_per_msg') or 0:.1f} µs per message sent or delivered), "
                      f"lag p99 {cl.get('lag_ms', {}).get('p99', 0):.2f} ms")
+    mb = r.get("machine", {}).get("busy")
+    if mb:
+        lines.append(f"machine (every process): {mb['busy_cores']:.2f} of "
+                     f"{r['machine'].get('cores', '?')} cores busy ({mb['busy_pct']:.1f}%), "
+                     f"iowait {mb['iowait_pct']:.1f}%, steal {mb['steal_pct']:.1f}%")
     dp = r.get("disk_probe")
     if dp:
         lines.append(f"disk flush ({dp['dir']}): {dp['count']} flushes, p50 {dp['p50']:.2f} "

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-__all__ = ["LoopLag", "ServerSample", "ServerStats", "loop_lag_summary", "machine", "versions"]
+__all__ = ["CpuTimes", "LoopLag", "ServerSample", "ServerStats", "loop_lag_summary", "machine",
+           "machine_busy", "machine_cpu", "versions"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _METRIC = re.compile(r"^(process_resident_memory_bytes|process_cpu_seconds_total)\s+(\S+)$",
@@ -103,6 +104,52 @@ def loop_lag_summary(before: LoopLag | None, after: LoopLag | None) -> dict[str,
     p99 = next(b for b, c in zip(bounds, cum, strict=True) if c >= 0.99 * probes)
     return {"probes": int(probes), "over_10ms_pct": round(100 * (1 - within_10ms / probes), 3),
             "p99_ms_at_most": None if p99 == float("inf") else p99 * 1000}
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """The whole machine's CPU time so far, all cores summed (``/proc/stat``), seconds."""
+
+    busy_s: float  # user, nice, system, irq, softirq (guest time is within user)
+    idle_s: float
+    iowait_s: float
+    steal_s: float  # wanted to run, the hypervisor ran something else
+
+    @property
+    def total_s(self) -> float:
+        return self.busy_s + self.idle_s + self.iowait_s + self.steal_s
+
+
+def machine_cpu(path: str = "/proc/stat") -> CpuTimes | None:
+    """The machine's CPU times now; None where ``/proc/stat`` is not there."""
+    try:
+        with open(path) as f:
+            head = f.readline().split()
+    except OSError:
+        return None
+    if not head or head[0] != "cpu" or len(head) < 9:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) / _CLK_TCK
+                                                             for x in head[1:9])
+    return CpuTimes(user + nice + system + irq + softirq, idle, iowait, steal)
+
+
+def machine_busy(before: CpuTimes | None, after: CpuTimes | None,
+                 cores: int | None = None) -> dict[str, float] | None:
+    """How busy the whole machine was between two ``machine_cpu`` readings: every
+    process, the server's, the database's and the load client's alike.  A run whose
+    cores were ~100% busy measured the machine as much as the server."""
+    if before is None or after is None:
+        return None
+    total = after.total_s - before.total_s
+    if total <= 0:
+        return None
+    n = cores or os.cpu_count() or 1
+    busy = after.busy_s - before.busy_s
+    return {"busy_cores": round(n * busy / total, 3),
+            "busy_pct": round(100 * busy / total, 2),
+            "iowait_pct": round(100 * (after.iowait_s - before.iowait_s) / total, 2),
+            "steal_pct": round(100 * (after.steal_s - before.steal_s) / total, 2)}
 
 
 def _proc_rss(pid: int) -> int:

@@ -139,6 +139,9 @@ def test_chat(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     lag = r["server"]["loop_lag"]  # the node probes its loop every 0.1 s: 1.5 s holds some
     assert lag["probes"] > 0 and lag["p99_ms_at_most"] is not None, lag
     assert "server event loop lag: p99 <=" in proc.stdout
+    busy = r["machine"]["busy"]  # the node and the two workers ran: the machine was busy
+    assert 0 < busy["busy_cores"] <= r["machine"]["cores"], busy
+    assert "machine (every process):" in proc.stdout
     _plots(tmp_path / "plots")
     dp = r["disk_probe"]
     assert dp["dir"] == str(probed) and dp["count"] > 0 and "error" not in dp
