@@ -21,6 +21,11 @@ from urllib.parse import urlsplit
 
 import click
 
+KEEPALIVE_S = 45.0
+"""``--keepalive``'s default: the SDK's ``parley.client.PING_INTERVAL_S`` (not imported
+here, the SDK is one of the heavy modules; ``tests/bench/test_smoke.py`` holds the two
+equal)."""
+
 if TYPE_CHECKING:  # the heavy modules load only when a bench runs
     from parley.bench.coordinator import Coordinator, PhaseResult
     from parley.bench.diskprobe import DiskProbe
@@ -103,8 +108,10 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--quiet", is_flag=True, help="No live progress."),
         click.option("--drain", "drain_s", type=click.FloatRange(0.1, 600), default=10.0,
                      show_default=True, help="Longest wait for in-flight messages after sending."),
-        click.option("--keepalive", "keepalive_s", type=click.FloatRange(1, 3600), default=20.0,
-                     show_default=True, help="Ping an idle connection after this many seconds."),
+        click.option("--keepalive", "keepalive_s", type=click.FloatRange(1, 3600),
+                     default=KEEPALIVE_S, show_default=True,
+                     help="Ping after this many seconds without a frame from the server "
+                     "(the SDK's default: a live Parley pings first, so clients stay quiet)."),
         click.option("--connect-rate", type=click.FloatRange(0, 1_000_000), default=0.0,
                      help="Open at most this many connections per second, all workers "
                      "together [default: 0, as fast as the server answers]."),

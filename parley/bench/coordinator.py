@@ -46,6 +46,7 @@ from parley.bench.stats import (
 )
 from parley.bench.targets import Provisioned, Target
 from parley.bench.worker import Report, WorkerSpec, new_histogram, worker_main
+from parley.client.client import PING_INTERVAL_S
 
 __all__ = ["Coordinator", "Phase", "PhaseResult", "RunConfig", "Warmup", "percentiles"]
 
@@ -64,7 +65,7 @@ class RunConfig:
     workers: int = 0
     """0: as few as keep every worker under ``max_sockets`` sockets."""
     max_sockets: int = 15_000
-    keepalive_s: float | None = 20.0
+    keepalive_s: float | None = PING_INTERVAL_S
     connect_concurrency: int = 200
     connect_rate: float = 0.0
     """Connections opened per second, all workers together (0: no pacing)."""

@@ -15,7 +15,7 @@ answers are the protocol's own frames (``Sent``, ``HistoryPage``, ``ConvsPage``)
 from __future__ import annotations
 
 from parley.client.calls import Backoff
-from parley.client.client import ParleyClient
+from parley.client.client import PING_INTERVAL_S, ParleyClient
 from parley.client.errors import (
     ClientClosed,
     ConnectionFailed,
@@ -31,6 +31,7 @@ from parley.client.session import Event
 from parley.client.streams import MessageStream, decode_body
 
 __all__ = [
+    "PING_INTERVAL_S",
     "Backoff",
     "ClientClosed",
     "ClientStats",

@@ -204,3 +204,12 @@ def test_bad_flags_are_click_errors() -> None:
     assert proc.returncode == 2 and "--url" in proc.stderr
     proc = bench("connect", "--start", "--connections", "0", timeout=30)
     assert proc.returncode == 2 and "--connections" in proc.stderr
+
+
+def test_the_bench_keeps_connections_alive_as_the_sdk_does() -> None:
+    """``--keepalive``'s default is the SDK's ping interval (kept apart so the bench's
+    command line loads without the SDK)."""
+    from parley.bench.cli import KEEPALIVE_S
+    from parley.client import PING_INTERVAL_S
+
+    assert KEEPALIVE_S == PING_INTERVAL_S

@@ -11,7 +11,7 @@ from parley.client import ParleyClient
 def test_exported_names_are_pinned() -> None:
     assert sorted(parley.client.__all__) == [
         "Backoff", "ClientClosed", "ClientStats", "ConnectionFailed", "ConnectionLost",
-        "Event", "HandshakeRejected", "Inbox", "MessageStream", "ParleyClient",
+        "Event", "HandshakeRejected", "Inbox", "MessageStream", "PING_INTERVAL_S", "ParleyClient",
         "ParleyClientError", "SessionEnded", "TokenSource", "decode_body",
     ]
     for name in parley.client.__all__:
