@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import click
 
+from parley.bench.search import RateSearch, Verdict
+
 KEEPALIVE_S = 45.0
 """``--keepalive``'s default: the SDK's ``parley.client.PING_INTERVAL_S`` (not imported
 here, the SDK is one of the heavy modules; ``tests/bench/test_smoke.py`` holds the two
@@ -161,6 +163,16 @@ class Phase(NamedTuple):
     warmup_s: float = 0.0
 
 
+class Bound(NamedTuple):
+    """What ``max`` holds each step to, and the search that picks the steps' rates."""
+
+    metric: str  # "ack" or "deliver"
+    p99_ms: float
+    step_s: float
+    warmup_s: float  # before the first step only
+    search: RateSearch
+
+
 def _warmup_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--warmup", "warmup_s", type=click.FloatRange(0, 600), default=0.0, show_default=True,
@@ -254,7 +266,9 @@ def max_rate(scenario: str, p99_ms: float, metric: str | None, start_rate: float
              members: int, senders: int, warmup_s: float, **kw: Any) -> None:
     """Raise the rate step by step until p99 passes --p99-ms or a message is lost.
 
-    --warmup runs once, at the first step's rate, before the first step."""
+    If the first step already fails, lower the rate step by step (divided by
+    --factor) until one holds.  --warmup runs once, at the first step's rate,
+    before the first step."""
     if scenario == "chat" and users % 2:
         raise click.BadParameter("must be even (users talk in pairs)", param_hint="--users")
     c = _make_common(kw)
@@ -267,17 +281,18 @@ def max_rate(scenario: str, p99_ms: float, metric: str | None, start_rate: float
               "start_rate": start_rate, "factor": factor, "step_s": step_s,
               "max_steps": max_steps, "users": users, "groups": groups, "members": members,
               "senders": senders, "warmup_s": warmup_s}
-    rates = [round(start_rate * factor ** i, 1) for i in range(max_steps)]
+    search = RateSearch(start_rate, factor, max_steps)
+    # Rates come from the search as it goes; these phases only size the deadline.
     _execute(c, "max", params, shape,
-             [Phase(r, step_s, warmup_s if i == 0 else 0.0) for i, r in enumerate(rates)],
-             (metric, p99_ms))
+             [Phase(start_rate, step_s, warmup_s if i == 0 else 0.0) for i in range(max_steps)],
+             Bound(metric, p99_ms, step_s, warmup_s, search))
 
 
 # --------------------------------------------------------------------------- running
 
 
 def _execute(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
-             phases: list[Phase], bound: tuple[str, float] | None) -> None:
+             phases: list[Phase], bound: Bound | None) -> None:
     import uvloop
 
     ramp = shape.topology.users / c.connect_rate if c.connect_rate else 0.0
@@ -309,7 +324,7 @@ def _execute(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
 
 
 async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
-              phases: list[Phase], bound: tuple[str, float] | None,
+              phases: list[Phase], bound: Bound | None,
               deadline: float) -> dict[str, Any]:
     from parley.bench.coordinator import Coordinator, RunConfig
     from parley.bench.diskprobe import DiskProbe
@@ -364,31 +379,35 @@ async def _go(c: Common, scenario: str, params: dict[str, Any], shape: Shape,
 
 
 async def _phases(coord: Coordinator, phases: list[Phase],
-                  bound: tuple[str, float] | None) -> list[PhaseResult]:
-    out: list[PhaseResult] = []
+                  bound: Bound | None) -> list[PhaseResult]:
     from parley.bench.coordinator import Phase as RunPhase
 
-    for p in phases:
-        r = await coord.run_phase(RunPhase(p.rate, p.duration_s, p.warmup_s))
+    if bound is None:
+        return [await coord.run_phase(RunPhase(p.rate, p.duration_s, p.warmup_s))
+                for p in phases]
+    out: list[PhaseResult] = []
+    search = bound.search
+    while (rate := search.next_rate()) is not None:
+        r = await coord.run_phase(RunPhase(rate, bound.step_s, 0.0 if out else bound.warmup_s))
         out.append(r)
-        if bound is None:
-            continue
-        metric, limit = bound
-        hist = r.ack if metric == "ack" else r.deliver
-        p99 = hist.get_value_at_percentile(99) / 1000.0
-        if p99 > limit or not r.verdict.ok or not r.drained or r.verdict.unacked:
-            break
+        search.record(rate, _verdict(r, bound))
     return out
 
 
-def _passed(r: PhaseResult, bound: tuple[str, float]) -> bool:
-    hist = r.ack if bound[0] == "ack" else r.deliver
-    return (hist.get_value_at_percentile(99) / 1000.0 <= bound[1] and r.verdict.ok
-            and r.drained and not r.verdict.unacked)
+def _verdict(r: PhaseResult, bound: Bound) -> Verdict:
+    from parley.bench.search import BROKEN, HELD, MISSED
+
+    if not r.verdict.ok:
+        return BROKEN
+    hist = r.ack if bound.metric == "ack" else r.deliver
+    if (hist.get_value_at_percentile(99) / 1000.0 > bound.p99_ms or not r.drained
+            or r.verdict.unacked):
+        return MISSED
+    return HELD
 
 
 def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: float,
-            coord: Coordinator, results: list[PhaseResult], bound: tuple[str, float] | None,
+            coord: Coordinator, results: list[PhaseResult], bound: Bound | None,
             target: str, shape: Shape, placement: str) -> dict[str, Any]:
     from parley.bench.coordinator import Warmup, percentiles
     from parley.bench.report import cdf
@@ -459,10 +478,9 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
     if coord.probe is not None:
         result["disk_probe"] = coord.probe.summary()
     if bound is not None:
-        passing = [r for r in results if _passed(r, bound)]
-        last = results[-1] if results else None
-        result["max_rate_per_s"] = passing[-1].rate if passing else 0.0
+        for step, (_, verdict) in zip(steps, bound.search.tried, strict=True):
+            step["verdict"] = verdict
+        result["max_rate_per_s"] = bound.search.best
         result["steps"] = steps
-        result["stop_reason"] = "max steps reached" if last is not None and _passed(
-            last, bound) else f"step at {last.rate if last else 0:g}/s failed"
+        result["stop_reason"] = bound.search.stop_reason()
     return result

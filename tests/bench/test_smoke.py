@@ -188,6 +188,25 @@ def test_max(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     assert [s["sent"] for s in r["steps"]] == [100, 100]
     assert [s["ack_ms"]["count"] for s in r["steps"]] == [50, 100]
     assert r["warmup"]["sent"] == r["warmup"]["ack_ms"]["count"] == 50
+    assert [s["verdict"] for s in r["steps"]] == ["held", "held"]
+
+
+def test_max_goes_down_when_the_first_step_misses(
+    node: tuple[list[str], dict[str, str]], tmp_path: Path
+) -> None:
+    """No commit answers in 0.1 ms at p99, so every step misses the bound: the
+    search divides the rate by --factor each time instead of stopping at once."""
+    proc = bench("max", *node[0], *_out(tmp_path), "--scenario", "chat", "--users", "10",
+                 "--start-rate", "40", "--factor", "2", "--step", "1", "--max-steps", "3",
+                 "--p99-ms", "0.1", env=node[1])
+    r = _check(tmp_path, proc, "max", node[1])
+    assert [s["rate"] for s in r["steps"]] == [40, 20, 10]
+    assert [s["verdict"] for s in r["steps"]] == ["missed"] * 3
+    assert all(s["lost"] == 0 and s["duplicated"] == 0 and s["reordered"] == 0
+               for s in r["steps"])
+    assert r["max_rate_per_s"] == 0
+    assert r["stop_reason"] == "no step held the bound (lowest tried 10/s)"
+    assert "highest sustained rate: 0 msg/s (no step held the bound" in proc.stdout
 
 
 def test_refuses_non_loopback_targets() -> None:
