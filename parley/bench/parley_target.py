@@ -301,11 +301,17 @@ def fetch_slot_map(ws_urls: Sequence[str], *, wait_s: float = 30.0,
 
 
 def _assigned(slot_map: Mapping[str, Any]) -> int:
-    """Slots a ``/api/v1/route/map`` answer assigns (0 for a malformed one)."""
+    """Slots a ``/api/v1/route/map`` answer assigns (0 for a malformed one), read as
+    ``place_users`` reads it: a slot in two runs counts once."""
     try:
-        return sum(int(last) - int(first) + 1 for first, last, _ in slot_map["ranges"])
+        return SLOTS - _slots(slot_map).unassigned()
     except (KeyError, TypeError, ValueError):
         return 0
+
+
+def _slots(slot_map: Mapping[str, Any]) -> SlotMap:
+    return SlotMap.from_ranges(0, [(int(first), int(last), str(node))
+                                   for first, last, node in slot_map["ranges"]])
 
 
 def _url_key(url: str) -> tuple[str, str, int | None, str]:
@@ -330,8 +336,7 @@ def place_users(urls: Sequence[str], user_ids: Sequence[int],
             url = by_key.get(_url_key(str(n["ws_url"])))
             if url is not None and n["state"] in _SERVING_STATES:
                 node_url[str(n["id"])] = url
-        slots = SlotMap.from_ranges(0, [(int(first), int(last), str(node))
-                                        for first, last, node in slot_map["ranges"]])
+        slots = _slots(slot_map)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed slot map: {exc!r}") from None
     out: list[str] = []
