@@ -28,10 +28,10 @@ class GatewayConfig:
     ping_interval_s: float = 30.0
     """Ping a connection that sent nothing for this long (the gateway's heartbeat,
     which checks every ``ping_timeout_s / 4``: the ping goes out up to
-    ``ping_timeout_s / 2`` later)."""
+    ``0.7 * ping_timeout_s`` later)."""
     ping_timeout_s: float = 10.0
-    """Close (1001) a pinged connection whose pong has not come within this time
-    (up to a quarter more)."""
+    """Close (1001) a pinged connection whose pong has not come within about this
+    time (see ``GatewayServer._heartbeat`` for the bounds)."""
     read_buffer_bytes: int = _PICOWS_MIN_READ_BUFFER
     """picows' initial read buffer per connection.  picows raises anything smaller
     to 2048 and doubles the buffer (for good) when a large message arrives."""

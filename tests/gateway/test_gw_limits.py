@@ -128,6 +128,30 @@ async def test_a_sweep_in_slices_still_visits_every_connection(
             await client.close()
 
 
+async def test_a_ticks_slices_are_spread_over_the_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One connection per slice, four connections, ticks 0.25 s apart: the slices
+    start SWEEP_SPREAD * 0.25 / 4 = 50 ms apart, so the four pings of the tick
+    arrive over >= 150 ms (back to back, as before, they came within a few ms)."""
+    monkeypatch.setattr(gateway_server, "SWEEP_CHUNK", 1)
+    rec = Recorder(echo=True)
+    async with running(rec, ping_interval_s=1.0, ping_timeout_s=1.0) as server:
+        clients = [await RawWs.open(server.port) for _ in range(4)]
+        for _ in clients:
+            await rec.next_open()
+        loop = asyncio.get_running_loop()
+
+        async def first_ping(client: RawWs) -> float:
+            frame = await client.recv()
+            assert frame.opcode == PING
+            return loop.time()
+
+        # Waiting on all four at once: each time is taken when its ping arrives.
+        times = sorted(await asyncio.wait_for(asyncio.gather(*map(first_ping, clients)), 10))
+        assert times[-1] - times[0] >= 0.1, times
+        for client in clients:
+            await client.close()
+
+
 async def test_client_that_answers_pings_stays_open() -> None:
     rec = Recorder(echo=True)
     async with running(rec, ping_interval_s=0.25, ping_timeout_s=0.25) as server:
