@@ -74,7 +74,7 @@ PING_INTERVAL_S: Final = 45.0
 """The client's default: ping after this many seconds without hearing from the server.
 
 Longer than the server's heartbeat (a node pings a connection silent for 30 s,
-``ping_interval_s``, within 5 s more), so while the server is alive its pings
+``ping_interval_s``, within 7 s more), so while the server is alive its pings
 keep the client from pinging: the heartbeat is then the server's alone, sent in
 sweeps.  Client pings arrive one by one, each waking a node: 100,000 clients
 pinging every 20 s cost this 2-core machine about 0.6 of a core (nodes 0.32,
