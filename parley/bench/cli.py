@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from parley.bench.search import RateSearch, Verdict
+from parley.bench.search import BROKEN, HELD, MISSED, RateSearch, Verdict
 
 KEEPALIVE_S = 45.0
 """``--keepalive``'s default: the SDK's ``parley.client.PING_INTERVAL_S`` (not imported
@@ -395,8 +395,6 @@ async def _phases(coord: Coordinator, phases: list[Phase],
 
 
 def _verdict(r: PhaseResult, bound: Bound) -> Verdict:
-    from parley.bench.search import BROKEN, HELD, MISSED
-
     if not r.verdict.ok:
         return BROKEN
     hist = r.ack if bound.metric == "ack" else r.deliver
