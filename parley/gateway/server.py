@@ -284,11 +284,12 @@ class GatewayServer:
 
         The slices are spread evenly over the first ``SWEEP_SPREAD`` of the tick,
         not run back to back, so the pings of a tick, with the pongs they bring
-        back, come a slice at a time.  Back to back, a node
-        holding 16,700 idle connections sent ~1,400 pings within a few ms every
-        2.5 s and then read ~1,400 pongs; beside 100,000 held connections, chat
-        at 1,000 msg/s had send->deliver p99 40-83 ms with those bursts and
-        19-32 ms with no heartbeat at all (docs/performance.md, runs 26-27).
+        back, come a slice at a time.  Back to back, a node holding 16,700 idle
+        connections sent ~1,400 pings within a few ms every 2.5 s and then read
+        ~1,400 pongs; beside 100,000 held connections, chat at 1,000 msg/s had
+        send->deliver p99 40-83 ms with those bursts, 19-32 ms with no heartbeat
+        at all and 16-21 ms with the slices spread (docs/performance.md, runs
+        25-28).
         A connection's point in the pass moves when others open or close (the
         pass follows the set's order), so its timeout can come up to
         ``SWEEP_SPREAD`` of a tick early or late; a ping still never goes out
