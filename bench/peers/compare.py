@@ -173,8 +173,7 @@ def measure_runs(s: Server, a: argparse.Namespace, out: Path,
                 "max_ack_p99_ms": best.get("ack_ms", {}).get("p99"),
                 "server_cpu_us_per_msg": best.get("server_cpu_us_per_msg"),
                 "stop_reason": mx.get("stop_reason"),
-                "failed_step": _failure(mx["steps"][-1]) if mx.get("steps") and
-                mx.get("stop_reason") != "max steps reached" else None}
+                "failed_step": _ended_by(mx)}
     if fx is not None:
         row |= {"ack_ms": fx["ack_ms"], "deliver_ms": fx["deliver_ms"],
                 "deliver_from_send_ms": fx.get("deliver_from_send_ms"),
@@ -183,6 +182,15 @@ def measure_runs(s: Server, a: argparse.Namespace, out: Path,
                 "fixed_server_cpu_us_per_msg": fx["server"]["cpu_us_per_msg"],
                 "client_lag_p99_ms": fx["client"]["lag_ms"]["p99"]}
     return row
+
+
+def _ended_by(run: dict[str, Any]) -> str | None:
+    """The failed step that ended a max search: the lowest one above the best rate
+    (a search that went down ends on a step that held), None when none failed."""
+    best = run["max_rate_per_s"]
+    failed = [st for st in run.get("steps", []) if st.get("verdict", "missed") != "held"
+              and st["rate"] > best]
+    return _failure(min(failed, key=lambda st: st["rate"])) if failed else None
 
 
 def _failure(step: dict[str, Any]) -> str:
