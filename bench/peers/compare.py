@@ -185,12 +185,11 @@ def measure_runs(s: Server, a: argparse.Namespace, out: Path,
 
 
 def _ended_by(run: dict[str, Any]) -> str | None:
-    """The failed step that ended a max search: the lowest one above the best rate
-    (a search that went down ends on a step that held), None when none failed."""
-    best = run["max_rate_per_s"]
-    failed = [st for st in run.get("steps", []) if st.get("verdict", "missed") != "held"
-              and st["rate"] > best]
-    return _failure(min(failed, key=lambda st: st["rate"])) if failed else None
+    """The failed step that ended a max search, as the bench names it (a search
+    that went down ends on a step that held, not on the failure)."""
+    rate = run.get("failed_rate_per_s")
+    step = next((st for st in run.get("steps", []) if st["rate"] == rate), None)
+    return _failure(step) if step is not None else None
 
 
 def _failure(step: dict[str, Any]) -> str:

@@ -479,6 +479,7 @@ def _result(scenario: str, params: dict[str, Any], started_at: str, elapsed: flo
         for step, (_, verdict) in zip(steps, bound.search.tried, strict=True):
             step["verdict"] = verdict
         result["max_rate_per_s"] = bound.search.best
+        result["failed_rate_per_s"] = bound.search.failed_at
         result["steps"] = steps
         result["stop_reason"] = bound.search.stop_reason()
     return result

@@ -37,7 +37,6 @@ class RateSearch:
     factor: float
     max_steps: int
     tried: list[tuple[float, Verdict]] = field(default_factory=list)
-    _k: int = 0  # the last step's rate is start * factor ** _k
 
     def __post_init__(self) -> None:
         if self.start < MIN_RATE or self.factor <= 1 or self.max_steps < 1:
@@ -47,27 +46,18 @@ class RateSearch:
         return round(self.start * self.factor ** k, 1)
 
     def next_rate(self) -> float | None:
-        """The next step's rate, or None when the search is over."""
+        """The next step's rate, or None when the search is over.
+
+        The first step's verdict fixes the direction (up if it held, down if it
+        missed); the search ends at the first step whose verdict differs."""
         if not self.tried:
             return self._rate(0)
-        if len(self.tried) >= self.max_steps:
+        first, last = self.tried[0][1], self.tried[-1][1]
+        if len(self.tried) >= self.max_steps or last == BROKEN or last != first:
             return None
-        verdict = self.tried[-1][1]
-        seen = {v for _, v in self.tried}
-        if verdict == BROKEN:
-            return None
-        if verdict == HELD:
-            if MISSED in seen:  # came down to a rate that holds: the one above failed
-                return None
-            self._k += 1
-            return self._rate(self._k)
-        if HELD in seen:  # went up until this one failed
-            return None
-        lower = self._rate(self._k - 1)
-        if lower < MIN_RATE:
-            return None
-        self._k -= 1
-        return lower
+        n = len(self.tried)
+        rate = self._rate(n if first == HELD else -n)
+        return rate if rate >= MIN_RATE else None
 
     def record(self, rate: float, verdict: Verdict) -> None:
         self.tried.append((rate, verdict))
@@ -77,17 +67,29 @@ class RateSearch:
         """The highest rate that held the bound (0 when none did)."""
         return max((r for r, v in self.tried if v == HELD), default=0.0)
 
-    def stop_reason(self) -> str:
+    @property
+    def failed_at(self) -> float | None:
+        """The rate of the failed step that ended the search: a broken step, the
+        lowest miss above the best rate, or (none held) the lowest rate tried;
+        None when no step failed."""
         if not self.tried:
-            return "no step ran"
+            return None
         rate, verdict = self.tried[-1]
         if verdict == BROKEN:
-            return f"step at {rate:g}/s failed (messages lost, duplicated or reordered)"
+            return rate
         best = self.best
         if not best:
-            lowest = min(r for r, _ in self.tried)
-            return f"no step held the bound (lowest tried {lowest:g}/s)"
-        above = [r for r, v in self.tried if v == MISSED and r > best]
-        if above:
-            return f"step at {min(above):g}/s failed"
+            return min(r for r, _ in self.tried)
+        return min((r for r, v in self.tried if v == MISSED and r > best), default=None)
+
+    def stop_reason(self) -> str:
+        failed = self.failed_at
+        if not self.tried:
+            return "no step ran"
+        if self.tried[-1][1] == BROKEN:
+            return f"step at {failed:g}/s failed (messages lost, duplicated or reordered)"
+        if not self.best:
+            return f"no step held the bound (lowest tried {failed:g}/s)"
+        if failed is not None:
+            return f"step at {failed:g}/s failed"
         return "max steps reached"

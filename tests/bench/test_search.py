@@ -20,7 +20,7 @@ def test_goes_up_until_a_step_misses() -> None:
     s = RateSearch(1000, 1.25, 20)
     rates = run(s, {1000: HELD, 1250: HELD, 1562.5: HELD, 1953.1: MISSED})
     assert rates == [1000, 1250, 1562.5, 1953.1]
-    assert s.best == 1562.5
+    assert s.best == 1562.5 and s.failed_at == 1953.1
     assert s.stop_reason() == "step at 1953.1/s failed"
 
 
@@ -31,13 +31,14 @@ def test_rates_are_start_times_a_power_of_factor() -> None:
     rates = run(s, dict.fromkeys([round(1000 * 1.25 ** i, 1) for i in range(6)], HELD))
     assert rates == [round(1000 * 1.25 ** i, 1) for i in range(6)]
     assert s.best == rates[-1] and s.stop_reason() == "max steps reached"
+    assert s.failed_at is None
 
 
 def test_goes_down_when_the_first_step_misses() -> None:
     s = RateSearch(1000, 2, 20)
     rates = run(s, {1000: MISSED, 500: MISSED, 250: HELD})
     assert rates == [1000, 500, 250]  # stops at the first that holds: 500 already failed
-    assert s.best == 250
+    assert s.best == 250 and s.failed_at == 500
     assert s.stop_reason() == "step at 500/s failed"
 
 
@@ -45,7 +46,7 @@ def test_going_down_stops_at_one_message_a_second() -> None:
     s = RateSearch(8, 2, 20)
     rates = run(s, dict.fromkeys([8, 4, 2, 1], MISSED))
     assert rates == [8, 4, 2, 1]
-    assert s.best == 0
+    assert s.best == 0 and s.failed_at == 1
     assert s.stop_reason() == "no step held the bound (lowest tried 1/s)"
 
 
@@ -63,7 +64,7 @@ def test_a_broken_step_ends_the_search(first: Verdict) -> None:
     second = 200 if first == HELD else 50
     assert run(s, {100: first, second: BROKEN}) == [100, second]
     assert s.stop_reason() == f"step at {second}/s failed (messages lost, duplicated or reordered)"
-    assert s.best == (100 if first == HELD else 0)
+    assert s.best == (100 if first == HELD else 0) and s.failed_at == second
 
 
 def test_refuses_a_search_that_cannot_move() -> None:

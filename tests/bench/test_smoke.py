@@ -181,7 +181,7 @@ def test_max(node: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
                  "--p99-ms", "60000", "--warmup", "1", env=node[1])
     r = _check(tmp_path, proc, "max", node[1])
     assert [s["rate"] for s in r["steps"]] == [50, 100]
-    assert r["max_rate_per_s"] == 100
+    assert r["max_rate_per_s"] == 100 and r["failed_rate_per_s"] is None
     assert all(s["lost"] == 0 and s["duplicated"] == 0 for s in r["steps"])
     # One warm-up, at the first step's rate, before the first step only.
     assert [s["warmup_s"] for s in r["steps"]] == [1, 0]
@@ -204,7 +204,7 @@ def test_max_goes_down_when_the_first_step_misses(
     assert [s["verdict"] for s in r["steps"]] == ["missed"] * 3
     assert all(s["lost"] == 0 and s["duplicated"] == 0 and s["reordered"] == 0
                for s in r["steps"])
-    assert r["max_rate_per_s"] == 0
+    assert r["max_rate_per_s"] == 0 and r["failed_rate_per_s"] == 10
     assert r["stop_reason"] == "no step held the bound (lowest tried 10/s)"
     assert "highest sustained rate: 0 msg/s (no step held the bound" in proc.stdout
 
